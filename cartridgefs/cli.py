@@ -1,0 +1,189 @@
+"""`cartridge` command line: create, info, fsck, snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+
+from .engine import keys
+from .engine.fsck import repair_free_map, run_fsck
+from .engine.store import DEFAULT_CACHE, Engine
+from .errors import CartridgeError, Exists, NotFound
+from .logs import setup_logging
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _passphrase(args, encrypted: bool, creating: bool = False) -> bytes | None:
+    if not encrypted:
+        return None
+    return keys.read_passphrase(
+        getattr(args, "passphrase_file", None), prompt=sys.stdin.isatty(), confirm=creating
+    )
+
+
+def open_engine(args, readonly: bool = False) -> Engine:
+    """Open the cartridge named by args.cartridge, asking for a passphrase when it is encrypted."""
+    if not os.path.exists(args.cartridge):
+        raise NotFound(
+            f"{args.cartridge}: no such cartridge (create one with: cartridge create {args.cartridge} --blocks N)"
+        )
+    try:
+        return Engine.open(args.cartridge, readonly=readonly, cache_bytes=args.cache_size)
+    except CartridgeError as exc:
+        if "passphrase" not in str(exc):
+            raise
+    return Engine.open(
+        args.cartridge, readonly=readonly, cache_bytes=args.cache_size, passphrase=_passphrase(args, True)
+    )
+
+
+def cmd_create(args) -> int:
+    if os.path.exists(args.cartridge):
+        raise Exists(f"{args.cartridge} already exists")
+    passphrase = _passphrase(args, args.encrypt, creating=True)
+    engine = Engine.create(
+        args.cartridge,
+        args.blocks,
+        compression=args.compression == "zstd",
+        passphrase=passphrase,
+        cache_bytes=args.cache_size,
+    )
+    engine.close()
+    print(f"created {args.cartridge}: {args.blocks} blocks of 4096 bytes"
+          f"{', encrypted' if passphrase else ''}, compression {args.compression}")
+    return 0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def cmd_info(args) -> int:
+    engine = open_engine(args, readonly=True)
+    try:
+        info = engine.info()
+    finally:
+        engine.close()
+    bs = info["block_size"]
+    fuses = info["fuses"]
+    lines = [
+        f"cartridge:    {args.cartridge} ({info['uuid']})",
+        f"size:         {_fmt_bytes(info['size_bytes'])} ({info['blocks']} blocks of {bs} bytes)",
+        f"used:         {info['used_blocks']} blocks ({_fmt_bytes(info['used_blocks'] * bs)})",
+        f"free:         {info['free_blocks']} blocks ({_fmt_bytes(info['free_blocks'] * bs)})",
+        f"data:         {_fmt_bytes(info['data_bytes'])} stored in {_fmt_bytes(info['data_stored_bytes'])}"
+        f" (compression {info['compression']}, ratio {info['compression_ratio']:.2f})",
+        f"encryption:   {'on (AES-256-GCM)' if info['encrypted'] else 'off'}",
+        f"generation:   {info['generation']}",
+        f"fuses:        s3_versioning_mode={fuses.s3_versioning_mode.name} "
+        f"s3_acl_mode={fuses.s3_acl_mode.name} s3_sse_mode={fuses.s3_sse_mode.name}",
+        f"snapshots:    {len(info['snapshots'])}",
+    ]
+    for snap in info["snapshots"]:
+        when = datetime.fromtimestamp(snap.created_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines.append(f"  {snap.name}  (generation {snap.gen}, {when})")
+    if info["damaged"]:
+        lines.append(f"DAMAGED:      {info['damaged']}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_fsck(args) -> int:
+    engine = open_engine(args, readonly=not args.repair)
+    try:
+        results = run_fsck(engine, verify_data=not args.quick)
+        bad = {name: problems for name, problems in results.items() if problems}
+        for name, problems in results.items():
+            print(f"{'FAIL' if problems else 'ok  '}  {name}")
+            for p in problems[:50]:
+                print(f"        {p}")
+            if len(problems) > 50:
+                print(f"        ... and {len(problems) - 50} more")
+        if args.repair and bad:
+            repair_free_map(engine)
+            results = run_fsck(engine, verify_data=False)
+            bad = {name: problems for name, problems in results.items() if problems}
+            print("repaired the free map; remaining problems:" if bad else "repaired: all checks pass")
+            for name, problems in bad.items():
+                print(f"FAIL  {name}: {problems[:5]}")
+    finally:
+        engine.close()
+    return 1 if bad else 0
+
+
+def cmd_snapshot(args) -> int:
+    engine = open_engine(args, readonly=args.action == "list")
+    try:
+        if args.action == "create":
+            engine.snapshot_create(args.name)
+        elif args.action == "delete":
+            engine.snapshot_delete(args.name)
+        elif args.action == "restore":
+            engine.snapshot_restore(args.name)
+        for snap in engine.snapshots():
+            if args.action == "list":
+                when = datetime.fromtimestamp(snap.created_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{snap.name}\t{when}\tgeneration {snap.gen}")
+    finally:
+        engine.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cartridge", description="A whole filesystem in one file.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str, actions: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        if actions:
+            p.add_argument("action", choices=actions)
+        p.add_argument("cartridge", help="path of the .cart file")
+        p.add_argument("--passphrase-file", help="read the passphrase from this file")
+        p.add_argument("--cache-size", type=_parse_size, default=DEFAULT_CACHE, help="cache bound (e.g. 64M)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("create", cmd_create, "create a new cartridge")
+    p.add_argument("--blocks", type=int, required=True, help="number of 4096-byte blocks")
+    p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    p.add_argument("--encrypt", action="store_true", help="encrypt everything (asks for a passphrase)")
+    add("info", cmd_info, "show size, usage, fuses and snapshots")
+    p = add("fsck", cmd_fsck, "check a cartridge; exit status 1 when anything is wrong")
+    p.add_argument("--repair", action="store_true", help="rebuild the free map in a new generation")
+    p.add_argument("--quick", action="store_true", help="do not read file data")
+    p = add("snapshot", cmd_snapshot, "create, list, delete or restore snapshots",
+            actions=("create", "list", "delete", "restore"))
+    p.add_argument("name", nargs="?")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("create", "delete", "restore") and not args.name:
+        print("cartridge snapshot: a snapshot name is required", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except CartridgeError as exc:
+        print(f"cartridge {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The cartridge engine: blocks → pages and extents → copy-on-write trees → transactions."""

@@ -1,0 +1,1 @@
+"""S3 protocol layer over the cartridge filesystem API."""
