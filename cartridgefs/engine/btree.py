@@ -195,7 +195,11 @@ def _insert(h: Hooks, node: Node, key: bytes, val: Value):
     old = None
     if node.level == 0:
         i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
+        replacing = i < len(keys) and keys[i] == key
+        # Count the new reference before dropping the old: they may be the same extent.
+        if isinstance(val, Ref):
+            h.ref_added(val.ptr)
+        if replacing:
             old = vals[i]
             node.size += entry_size(0, key, val) - entry_size(0, key, old)
             vals[i] = val
@@ -205,8 +209,6 @@ def _insert(h: Hooks, node: Node, key: bytes, val: Value):
             keys.insert(i, key)
             vals.insert(i, val)
             node.size += entry_size(0, key, val)
-        if isinstance(val, Ref):
-            h.ref_added(val.ptr)
     else:
         i = bisect_right(keys, key) - 1
         child = mutable(h, vals[i])

@@ -1,0 +1,843 @@
+"""The filesystem API shared by the FUSE adapter and the S3 layer (see docs/filesystem.md).
+
+Concurrency (docs/concurrency.md): methods are called from the one trio loop. Metadata
+transactions on cached pages take microseconds and run on the loop thread when the engine's
+writer lock is free at once, else in a worker thread; everything that touches file data (extent
+I/O, compression, encryption, hashing) and every commit runs in a worker thread. Per open file, a
+`trio.Lock` orders writes, reads, flushes and truncation.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..engine.store import Engine
+from ..engine.txn import State, Txn
+from ..errors import (
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NoAttribute,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+)
+from . import data
+from .buffer import DirtyRanges
+from .items import (
+    ROOT_INO,
+    DirEntry,
+    Inode,
+    check_name,
+    dirent_key,
+    dirent_prefix,
+    dirseq_key,
+    inode_key,
+    inode_prefix,
+    next_prefix,
+    orphan_key,
+    symlink_key,
+    xattr_key,
+    xattr_prefix,
+)
+
+FLAG_IMPLICIT_DIR = 1  # a directory created for an S3 key, removed again when empty
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_MAX = 64 * 1024
+FLUSH_AT = 8 * 1024 * 1024  # dirty bytes of one file that trigger a flush
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Who asks: owner for new inodes, and the side (`fuse`, `s3`) for change notifications."""
+
+    uid: int = 0
+    gid: int = 0
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something changed: an inode's attributes/content, and/or a name in a directory."""
+
+    origin: str
+    ino: int | None = None
+    parent: int | None = None
+    name: bytes | None = None
+
+
+@dataclass
+class _Open:
+    """State of an inode while some handle has it open."""
+
+    count: int = 0
+    dirty: DirtyRanges = field(default_factory=DirtyRanges)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    size: int | None = None  # size including dirty bytes, while there are any
+    mtime_ns: int | None = None
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class FileSystem:
+    """POSIX semantics over the engine; one transaction per operation."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.listeners: list[Callable[[Change], None]] = []
+        self._open: dict[int, _Open] = {}
+        self._limiter = trio.CapacityLimiter(4)
+        if not engine.readonly:
+            self._initialise()
+
+    # --- running engine work ---
+
+    async def _meta(self, fn: Callable, *args):
+        """A metadata transaction: inline when the writer lock is free, else in a thread."""
+        lock = self.engine._writer
+        if lock.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                lock.release()
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _blocking(self, fn: Callable, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _emit(self, change: Change) -> None:
+        for listener in self.listeners:
+            listener(change)
+
+    # --- set-up ---
+
+    def _initialise(self) -> None:
+        """Create the root directory on a new cartridge; free orphans left by a crash."""
+        with self.engine.txn() as t:
+            if t.get("fs", inode_key(ROOT_INO)) is None:
+                now = _now()
+                root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, nlink=2, atime_ns=now, mtime_ns=now,
+                             ctime_ns=now, btime_ns=now, parent=ROOT_INO)
+                t.put("fs", inode_key(ROOT_INO), root.encode())
+            for key, _ in list(t.items("meta", b"orphan", next_prefix(b"orphan"))):
+                ino = int.from_bytes(key[6:], "big")
+                inode = self._inode_or_none(t, ino)
+                if inode is not None and inode.nlink == 0:
+                    self._drop(t, inode)
+                t.delete("meta", key)
+
+    # --- reading the namespace ---
+
+    def _inode_or_none(self, t: Txn | State, ino: int) -> Inode | None:
+        raw = t.get("fs", inode_key(ino)) if isinstance(t, Txn) else self.engine.get(t, "fs", inode_key(ino))
+        return None if raw is None else Inode.decode(ino, raw)
+
+    def _inode(self, t: Txn | State, ino: int) -> Inode:
+        inode = self._inode_or_none(t, ino)
+        if inode is None:
+            raise NotFound(f"inode {ino} does not exist")
+        return inode
+
+    def _entry(self, t: Txn | State, parent: int, name: bytes) -> DirEntry | None:
+        key = dirent_key(parent, name)
+        raw = t.get("fs", key) if isinstance(t, Txn) else self.engine.get(t, "fs", key)
+        return None if raw is None else DirEntry.decode(raw)
+
+    def _dir(self, t: Txn | State, ino: int) -> Inode:
+        inode = self._inode(t, ino)
+        if not inode.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return inode
+
+    def _with_open_state(self, inode: Inode) -> Inode:
+        """Attributes as the user sees them: dirty bytes not stored yet count."""
+        st = self._open.get(inode.ino)
+        if st is None or st.size is None:
+            return inode
+        return inode.changed(size=st.size, mtime_ns=st.mtime_ns or inode.mtime_ns)
+
+    def view(self, snapshot: str | None = None) -> FsView:
+        return FsView(self, snapshot)
+
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        with self.engine.reader() as state:
+            self._dir(state, parent)
+            entry = self._entry(state, parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found")
+            return self._with_open_state(self._inode(state, entry.ino))
+
+    async def getattr(self, ino: int) -> Inode:
+        with self.engine.reader() as state:
+            return self._with_open_state(self._inode(state, ino))
+
+    async def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[tuple[bytes, Inode, int]]:
+        """Entries after readdir offset `after`: (name, inode, offset of this entry)."""
+        return self.view().readdir_state(None, ino, after, limit)
+
+    async def listdir_sorted(self, ino: int, start_after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, DirEntry]]:
+        """Entries in name (byte) order after `start_after`, for S3 listings."""
+        return self.view().listdir_sorted_state(None, ino, start_after, limit)
+
+    async def readlink(self, ino: int) -> bytes:
+        return self.view().readlink_state(None, ino)
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return self.view().getxattr_state(None, ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return self.view().listxattr_state(None, ino)
+
+    async def resolve(self, names: list[bytes], start: int = ROOT_INO) -> Inode:
+        """Follow a path of names (no symlink resolution) from `start`."""
+        with self.engine.reader() as state:
+            inode = self._inode(state, start)
+            for name in names:
+                if not inode.is_dir:
+                    raise NotADirectory(f"{name!r}: parent is not a directory")
+                entry = self._entry(state, inode.ino, name)
+                if entry is None:
+                    raise NotFound(f"{name!r} not found")
+                inode = self._inode(state, entry.ino)
+            return self._with_open_state(inode)
+
+    # --- creating and removing names ---
+
+    def _add_entry(self, t: Txn, parent: Inode, name: bytes, child: Inode, now: int) -> Inode:
+        seq = parent.next_dir_seq
+        t.put("fs", dirent_key(parent.ino, name), DirEntry(child.ino, stat.S_IFMT(child.mode), seq).encode())
+        t.put("fs", dirseq_key(parent.ino, seq), name)
+        parent = parent.changed(
+            next_dir_seq=seq + 1, mtime_ns=now, ctime_ns=now,
+            nlink=parent.nlink + (1 if child.is_dir else 0),
+        )
+        t.put("fs", inode_key(parent.ino), parent.encode())
+        return parent
+
+    def _remove_entry(self, t: Txn, parent: Inode, name: bytes, entry: DirEntry, now: int) -> Inode:
+        t.delete("fs", dirent_key(parent.ino, name))
+        t.delete("fs", dirseq_key(parent.ino, entry.seq))
+        parent = parent.changed(
+            mtime_ns=now, ctime_ns=now, nlink=parent.nlink - (1 if stat.S_ISDIR(entry.dtype) else 0)
+        )
+        t.put("fs", inode_key(parent.ino), parent.encode())
+        return parent
+
+    def _new_inode(self, t: Txn, ctx: Ctx, mode: int, now: int, **fields) -> Inode:
+        ino = t.alloc_inode()
+        inode = Inode(ino, mode, uid=ctx.uid, gid=ctx.gid, atime_ns=now, mtime_ns=now,
+                      ctime_ns=now, btime_ns=now, **fields)
+        t.put("fs", inode_key(ino), inode.encode())
+        return inode
+
+    def _make(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0,
+              target: bytes | None = None, flags: int = 0) -> Inode:
+        check_name(name)
+        now = _now()
+        with self.engine.txn() as t:
+            pdir = self._dir(t, parent)
+            if self._entry(t, parent, name) is not None:
+                raise Exists(f"{name!r} exists")
+            is_dir = stat.S_ISDIR(mode)
+            child = self._new_inode(t, ctx, mode, now, nlink=2 if is_dir else 1, rdev=rdev,
+                                    flags=flags, parent=parent if is_dir else 0,
+                                    size=len(target) if target is not None else 0)
+            if target is not None:
+                t.put("fs", symlink_key(child.ino), target)
+            self._add_entry(t, pdir, name, child, now)
+        self._emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        return child
+
+    async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int = 0o755, flags: int = 0) -> Inode:
+        return await self._meta(self._make, ctx, parent, name, stat.S_IFDIR | (mode & 0o7777), 0, None, flags)
+
+    async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0) -> Inode:
+        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            raise InvalidArgument("mknod makes files, fifos, sockets and devices")
+        if not stat.S_IFMT(mode):
+            mode |= stat.S_IFREG
+        return await self._meta(self._make, ctx, parent, name, mode, rdev)
+
+    async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int = 0o644) -> Inode:
+        """A new empty regular file (EEXIST when the name exists)."""
+        return await self._meta(self._make, ctx, parent, name, stat.S_IFREG | (mode & 0o7777))
+
+    async def symlink(self, ctx: Ctx, parent: int, name: bytes, target: bytes) -> Inode:
+        if not target or len(target) > 4095 or b"\0" in target:
+            raise InvalidArgument("invalid symlink target")
+        return await self._meta(self._make, ctx, parent, name, stat.S_IFLNK | 0o777, 0, target)
+
+    async def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Inode:
+        def op() -> Inode:
+            check_name(new_name)
+            now = _now()
+            with self.engine.txn() as t:
+                inode = self._inode(t, ino)
+                if inode.is_dir:
+                    raise NotPermitted("hard links to directories are not allowed")
+                pdir = self._dir(t, new_parent)
+                if self._entry(t, new_parent, new_name) is not None:
+                    raise Exists(f"{new_name!r} exists")
+                inode = inode.changed(nlink=inode.nlink + 1, ctime_ns=now)
+                t.put("fs", inode_key(ino), inode.encode())
+                t.delete("meta", orphan_key(ino))
+                self._add_entry(t, pdir, new_name, inode, now)
+                return inode
+
+        inode = await self._meta(op)
+        self._emit(Change(ctx.origin, ino=ino, parent=new_parent, name=new_name))
+        return self._with_open_state(inode)
+
+    def _unlink_inode(self, t: Txn, inode: Inode, now: int) -> None:
+        """One name of `inode` is gone: drop it when it was the last and nobody has it open."""
+        if inode.is_dir:
+            inode = inode.changed(nlink=0)
+        else:
+            inode = inode.changed(nlink=inode.nlink - 1, ctime_ns=now)
+        if inode.nlink > 0:
+            t.put("fs", inode_key(inode.ino), inode.encode())
+        elif inode.ino in self._open:
+            t.put("fs", inode_key(inode.ino), inode.encode())
+            t.put("meta", orphan_key(inode.ino), b"")
+        else:
+            self._drop(t, inode)
+
+    def _drop(self, t: Txn, inode: Inode) -> None:
+        """Delete every item of an inode (its extents lose a reference and may be freed)."""
+        prefix = inode_prefix(inode.ino)
+        for key, _ in list(t.items("fs", prefix, next_prefix(prefix))):
+            t.delete("fs", key)
+
+    def _remove(self, ctx: Ctx, parent: int, name: bytes, want_dir: bool) -> int:
+        now = _now()
+        with self.engine.txn() as t:
+            pdir = self._dir(t, parent)
+            entry = self._entry(t, parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found")
+            inode = self._inode(t, entry.ino)
+            if want_dir:
+                if not inode.is_dir:
+                    raise NotADirectory(f"{name!r} is not a directory")
+                if next(iter(t.items("fs", dirent_prefix(inode.ino), next_prefix(dirent_prefix(inode.ino)))), None):
+                    raise NotEmpty(f"{name!r} is not empty")
+            elif inode.is_dir:
+                raise IsADirectory(f"{name!r} is a directory")
+            self._remove_entry(t, pdir, name, entry, now)
+            self._unlink_inode(t, inode, now)
+            return entry.ino
+
+    async def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
+        ino = await self._meta(self._remove, ctx, parent, name, False)
+        self._emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+
+    async def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
+        ino = await self._meta(self._remove, ctx, parent, name, True)
+        self._emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+
+    async def rename(self, ctx: Ctx, old_parent: int, old_name: bytes, new_parent: int,
+                     new_name: bytes, flags: int = 0) -> None:
+        await self._meta(self._rename, old_parent, old_name, new_parent, new_name, flags)
+        self._emit(Change(ctx.origin, ino=old_parent, parent=old_parent, name=old_name))
+        self._emit(Change(ctx.origin, ino=new_parent, parent=new_parent, name=new_name))
+
+    def _rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise InvalidArgument("unsupported rename flags")
+        now = _now()
+        with self.engine.txn() as t:
+            src_dir = self._dir(t, old_parent)
+            dst_dir = self._dir(t, new_parent)
+            src = self._entry(t, old_parent, old_name)
+            if src is None:
+                raise NotFound(f"{old_name!r} not found")
+            dst = self._entry(t, new_parent, new_name)
+            if old_parent == new_parent and old_name == new_name:
+                return
+            src_inode = self._inode(t, src.ino)
+            if src_inode.is_dir:
+                self._check_not_ancestor(t, src.ino, new_parent)
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise NotFound(f"{new_name!r} not found")
+                dst_inode = self._inode(t, dst.ino)
+                if dst_inode.is_dir:
+                    self._check_not_ancestor(t, dst.ino, old_parent)
+                self._swap(t, src_dir, old_name, src, src_inode, dst_dir, new_name, dst, dst_inode, now)
+                return
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise Exists(f"{new_name!r} exists")
+                dst_inode = self._inode(t, dst.ino)
+                if dst.ino == src.ino:
+                    return  # two names of one file: POSIX says do nothing
+                if src_inode.is_dir and not dst_inode.is_dir:
+                    raise NotADirectory(f"{new_name!r} is not a directory")
+                if not src_inode.is_dir and dst_inode.is_dir:
+                    raise IsADirectory(f"{new_name!r} is a directory")
+                if dst_inode.is_dir and next(iter(t.items(
+                        "fs", dirent_prefix(dst.ino), next_prefix(dirent_prefix(dst.ino)))), None):
+                    raise NotEmpty(f"{new_name!r} is not empty")
+                dst_dir = self._remove_entry(t, dst_dir, new_name, dst, now)
+                self._unlink_inode(t, dst_inode, now)
+            src_dir = self._remove_entry(t, self._dir(t, old_parent), old_name, src, now)
+            dst_dir = self._dir(t, new_parent)
+            self._add_entry(t, dst_dir, new_name, src_inode, now)
+            moved = src_inode.changed(ctime_ns=now, parent=new_parent if src_inode.is_dir else 0)
+            t.put("fs", inode_key(src.ino), moved.encode())
+
+    def _swap(self, t, a_dir, a_name, a, a_inode, b_dir, b_name, b, b_inode, now) -> None:
+        t.put("fs", dirent_key(a_dir.ino, a_name), DirEntry(b.ino, b.dtype, a.seq).encode())
+        t.put("fs", dirent_key(b_dir.ino, b_name), DirEntry(a.ino, a.dtype, b.seq).encode())
+        if a_dir.ino != b_dir.ino and a_inode.is_dir != b_inode.is_dir:
+            delta = 1 if a_inode.is_dir else -1
+            a_dir = self._inode(t, a_dir.ino).changed(nlink=a_dir.nlink - delta)
+            b_dir = self._inode(t, b_dir.ino).changed(nlink=b_dir.nlink + delta)
+            t.put("fs", inode_key(a_dir.ino), a_dir.encode())
+            t.put("fs", inode_key(b_dir.ino), b_dir.encode())
+        for d in {a_dir.ino, b_dir.ino}:
+            t.put("fs", inode_key(d), self._inode(t, d).changed(mtime_ns=now, ctime_ns=now).encode())
+        for inode, parent in ((a_inode, b_dir.ino), (b_inode, a_dir.ino)):
+            moved = self._inode(t, inode.ino).changed(ctime_ns=now, parent=parent if inode.is_dir else 0)
+            t.put("fs", inode_key(inode.ino), moved.encode())
+
+    def _check_not_ancestor(self, t: Txn, dir_ino: int, target_parent: int) -> None:
+        """EINVAL when moving directory `dir_ino` under itself."""
+        ino = target_parent
+        for _ in range(10_000):
+            if ino == dir_ino:
+                raise InvalidArgument("cannot move a directory into itself")
+            if ino == ROOT_INO:
+                return
+            ino = self._inode(t, ino).parent
+        raise InvalidArgument("directory tree too deep")
+
+    # --- attributes ---
+
+    async def setattr(self, ctx: Ctx, ino: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
+                      mtime_ns: int | None = None, ctime_ns: int | None = None) -> Inode:
+        st = self._open.get(ino)
+        if size is not None:
+            if st is not None:
+                async with st.lock:
+                    await self._flush_locked(ino, st)
+                    inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
+            else:
+                inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
+        else:
+            if st is not None and mtime_ns is not None:
+                st.mtime_ns = None  # an explicit time wins over the time of buffered writes
+            inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
+        self._emit(Change(ctx.origin, ino=ino))
+        return self._with_open_state(inode)
+
+    def _setattr(self, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns) -> Inode:
+        now = _now()
+        with self.engine.txn() as t:
+            inode = self._inode(t, ino)
+            fields: dict = {"ctime_ns": ctime_ns or now}
+            if mode is not None:
+                fields["mode"] = stat.S_IFMT(inode.mode) | (mode & 0o7777)
+            if uid is not None:
+                fields["uid"] = uid
+            if gid is not None:
+                fields["gid"] = gid
+            if atime_ns is not None:
+                fields["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                fields["mtime_ns"] = mtime_ns
+            if size is not None:
+                if inode.is_dir:
+                    raise IsADirectory("cannot truncate a directory")
+                if size < inode.size:
+                    data.punch(t, ino, size, inode.size)
+                fields.update(size=size, data_version=inode.data_version + 1)
+                if mtime_ns is None:
+                    fields["mtime_ns"] = now
+            inode = inode.changed(**fields)
+            t.put("fs", inode_key(ino), inode.encode())
+            return inode
+
+    # --- extended attributes ---
+
+    async def setxattr(self, ctx: Ctx, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if not name or len(name) > 255:
+            raise InvalidArgument("invalid attribute name")
+        if len(value) > XATTR_MAX:
+            raise InvalidArgument(f"attribute values are limited to {XATTR_MAX} bytes")
+
+        def op() -> None:
+            with self.engine.txn() as t:
+                inode = self._inode(t, ino)
+                exists = t.get("fs", xattr_key(ino, name)) is not None
+                if flags & XATTR_CREATE and exists:
+                    raise Exists(f"attribute {name!r} exists")
+                if flags & XATTR_REPLACE and not exists:
+                    raise NoAttribute(f"no attribute {name!r}")
+                t.put("fs", xattr_key(ino, name), bytes(value))
+                t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
+
+        await self._meta(op)
+        self._emit(Change(ctx.origin, ino=ino))
+
+    async def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
+        def op() -> None:
+            with self.engine.txn() as t:
+                inode = self._inode(t, ino)
+                if not t.delete("fs", xattr_key(ino, name)):
+                    raise NoAttribute(f"no attribute {name!r}")
+                t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
+
+        await self._meta(op)
+        self._emit(Change(ctx.origin, ino=ino))
+
+    # --- file contents ---
+
+    async def open(self, ino: int) -> None:
+        """Count an open handle (an unlinked file stays readable until the last release)."""
+        st = self._open.setdefault(ino, _Open())
+        st.count += 1
+
+    async def release(self, ino: int) -> None:
+        st = self._open.get(ino)
+        if st is None:
+            return
+        async with st.lock:
+            await self._flush_locked(ino, st)
+        st.count -= 1
+        if st.count > 0:
+            return
+        del self._open[ino]
+
+        def drop_if_orphan() -> None:
+            with self.engine.txn() as t:
+                inode = self._inode_or_none(t, ino)
+                if inode is not None and inode.nlink == 0:
+                    self._drop(t, inode)
+                    t.delete("meta", orphan_key(ino))
+
+        await self._meta(drop_if_orphan)
+
+    async def read(self, ino: int, offset: int, size: int) -> bytes:
+        st = self._open.get(ino)
+        if st is None:
+            return await self._read(ino, offset, size, None)
+        async with st.lock:
+            return await self._read(ino, offset, size, st)
+
+    async def _read(self, ino: int, offset: int, size: int, st: _Open | None) -> bytes:
+        def op() -> bytes:
+            with self.engine.reader() as state:
+                inode = self._inode(state, ino)
+                if inode.is_dir:
+                    raise IsADirectory("is a directory")
+                file_size = st.size if st is not None and st.size is not None else inode.size
+                n = max(0, min(size, file_size - offset))
+                buf = data.read_range(self.engine, state, ino, offset, n) if n else bytearray()
+            if st is not None and st.dirty:
+                st.dirty.overlay(buf, offset)
+            return bytes(buf)
+
+        return await self._blocking(op)
+
+    async def write(self, ctx: Ctx, ino: int, offset: int, payload: bytes) -> int:
+        st = self._open.get(ino)
+        if st is None:
+            await self.open(ino)
+            try:
+                return await self.write(ctx, ino, offset, payload)
+            finally:
+                await self.release(ino)
+        async with st.lock:
+            if st.size is None:
+                st.size = (await self.getattr(ino)).size
+            st.dirty.write(offset, payload)
+            st.size = max(st.size, offset + len(payload))
+            st.mtime_ns = _now()
+            if st.dirty.nbytes >= FLUSH_AT:
+                await self._flush_locked(ino, st)
+        self._emit(Change(ctx.origin, ino=ino))
+        return len(payload)
+
+    async def flush(self, ino: int) -> None:
+        st = self._open.get(ino)
+        if st is not None:
+            async with st.lock:
+                await self._flush_locked(ino, st)
+
+    async def fsync(self, ino: int | None = None) -> None:
+        """Durable: buffered data of `ino` (or of every file) is committed and synced."""
+        targets = [ino] if ino is not None else list(self._open)
+        for i in targets:
+            await self.flush(i)
+        await self._blocking(self.engine.sync)
+
+    async def flush_all(self) -> None:
+        for ino in list(self._open):
+            await self.flush(ino)
+
+    async def _flush_locked(self, ino: int, st: _Open) -> None:
+        """Store the dirty ranges of an open file as extents (caller holds st.lock)."""
+        if not st.dirty:
+            if st.size is not None and st.mtime_ns is None:
+                st.size = None
+            return
+        ranges = st.dirty.take()
+        size, mtime = st.size, st.mtime_ns
+
+        def op() -> None:
+            written = []
+            try:
+                for start, chunk in ranges:
+                    written.append((start, len(chunk), self.engine.write_data(chunk)))
+                reserved = [ptr for _, _, ptrs in written for _, ptr in ptrs]
+                with self.engine.txn(reserved=reserved) as t:
+                    inode = self._inode(t, ino)
+                    for start, length, ptrs in written:
+                        data.punch(t, ino, start, start + length)
+                        data.link(t, ino, start, ptrs)
+                    fields = {"size": max(size, inode.size) if size is not None else inode.size,
+                              "data_version": inode.data_version + 1}
+                    if mtime is not None:
+                        fields.update(mtime_ns=mtime, ctime_ns=mtime)
+                    t.put("fs", inode_key(ino), inode.changed(**fields).encode())
+            except BaseException:
+                self.engine.abandon([ptr for _, _, ptrs in written for _, ptr in ptrs])
+                raise
+
+        try:
+            await self._blocking(op)
+        except BaseException:
+            for start, chunk in ranges:  # keep the data buffered: nothing was stored
+                if not st.dirty or True:
+                    st.dirty.write(start, bytes(chunk))
+            raise
+        st.size = None
+        st.mtime_ns = None
+
+    # --- content hash (ETag) ---
+
+    async def etag(self, ino: int) -> str:
+        """MD5 of the content in hex, computed when the stored one is stale, and remembered."""
+        await self.flush(ino)
+        inode = await self.getattr(ino)
+        if inode.etag is not None:
+            return inode.etag
+
+        def compute() -> tuple[int, bytes]:
+            with self.engine.reader() as state:
+                current = self._inode(state, ino)
+                md5 = hashlib.md5()
+                for pos in range(0, current.size, READ_CHUNK):
+                    md5.update(data.read_range(self.engine, state, ino, pos, min(READ_CHUNK, current.size - pos)))
+                return current.data_version, md5.digest()
+
+        version, digest = await self._blocking(compute)
+
+        def store() -> None:
+            with self.engine.txn() as t:
+                current = self._inode_or_none(t, ino)
+                if current is not None and current.data_version == version:
+                    t.put("fs", inode_key(ino), current.changed(etag_version=version, etag_md5=digest).encode())
+
+        if not self.engine.readonly:
+            await self._meta(store)
+        return digest.hex()
+
+    # --- what the S3 side needs ---
+
+    async def create_unlinked(self, ctx: Ctx, mode: int = 0o644) -> int:
+        """A new file with no name yet (freed at the next mount if never published)."""
+
+        def op() -> int:
+            with self.engine.txn() as t:
+                inode = self._new_inode(t, ctx, stat.S_IFREG | mode, _now(), nlink=0)
+                t.put("meta", orphan_key(inode.ino), b"")
+                return inode.ino
+
+        ino = await self._meta(op)
+        await self.open(ino)
+        return ino
+
+    async def discard_unlinked(self, ino: int) -> None:
+        st = self._open.get(ino)
+        if st is not None:
+            st.dirty.take()
+            st.size = None
+        await self.release(ino)
+
+    async def publish(self, ctx: Ctx, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
+                      xattrs: dict[bytes, bytes] | None = None, mtime_ns: int | None = None) -> None:
+        """Atomically give unlinked file `ino` the name `name`, replacing a file of that name."""
+        check_name(name)
+        await self.flush(ino)
+
+        def op() -> None:
+            now = _now()
+            with self.engine.txn() as t:
+                pdir = self._dir(t, parent)
+                old = self._entry(t, parent, name)
+                if old is not None:
+                    old_inode = self._inode(t, old.ino)
+                    if old_inode.is_dir:
+                        raise IsADirectory(f"{name!r} is a directory")
+                    pdir = self._remove_entry(t, pdir, name, old, now)
+                    self._unlink_inode(t, old_inode, now)
+                inode = self._inode(t, ino)
+                fields: dict = {"nlink": 1, "ctime_ns": now}
+                if mtime_ns is not None:
+                    fields["mtime_ns"] = mtime_ns
+                if md5 is not None:
+                    fields.update(etag_version=inode.data_version, etag_md5=md5)
+                inode = inode.changed(**fields)
+                t.put("fs", inode_key(ino), inode.encode())
+                for key, value in (xattrs or {}).items():
+                    t.put("fs", xattr_key(ino, key), value)
+                t.delete("meta", orphan_key(ino))
+                self._add_entry(t, pdir, name, inode, now)
+
+        await self._meta(op)
+        await self.release(ino)
+        self._emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+
+    async def replace_xattrs(self, ctx: Ctx, ino: int, prefix: bytes, values: dict[bytes, bytes],
+                             mtime_ns: int | None = None) -> None:
+        """Replace every attribute whose name starts with `prefix` (S3 metadata) in one transaction."""
+
+        def op() -> None:
+            with self.engine.txn() as t:
+                inode = self._inode(t, ino)
+                start = xattr_key(ino, prefix)
+                for key, _ in list(t.items("fs", start, next_prefix(start))):
+                    t.delete("fs", key)
+                for key, value in values.items():
+                    t.put("fs", xattr_key(ino, key), value)
+                fields: dict = {"ctime_ns": _now()}
+                if mtime_ns is not None:
+                    fields["mtime_ns"] = mtime_ns
+                t.put("fs", inode_key(ino), inode.changed(**fields).encode())
+
+        await self._meta(op)
+        self._emit(Change(ctx.origin, ino=ino))
+
+    # --- whole filesystem ---
+
+    async def statfs(self) -> dict:
+        info = self.engine.info()
+        return {
+            "block_size": info["block_size"],
+            "blocks": info["blocks"],
+            "free_blocks": info["free_blocks"],
+            "files": self.engine.state.next_inode,
+            "name_max": 255,
+        }
+
+    async def sync(self) -> None:
+        await self.fsync(None)
+
+    async def close(self) -> None:
+        await self.flush_all()
+        await self._blocking(self.engine.close)
+
+
+class FsView:
+    """Read-only operations on the live tree or a snapshot."""
+
+    def __init__(self, fs: FileSystem, snapshot: str | None) -> None:
+        self.fs = fs
+        self.snapshot = snapshot
+
+    def _state(self):
+        return self.fs.engine.reader(self.snapshot)
+
+    def getattr_state(self, ino: int) -> Inode:
+        with self._state() as state:
+            inode = self.fs._inode(state, ino)
+        return inode if self.snapshot else self.fs._with_open_state(inode)
+
+    def lookup_state(self, parent: int, name: bytes) -> Inode:
+        with self._state() as state:
+            self.fs._dir(state, parent)
+            entry = self.fs._entry(state, parent, name)
+            if entry is None:
+                raise NotFound(f"{name!r} not found")
+            inode = self.fs._inode(state, entry.ino)
+        return inode if self.snapshot else self.fs._with_open_state(inode)
+
+    def readdir_state(self, _unused, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
+        fs = self.fs
+        out = []
+        with self._state() as state:
+            fs._dir(state, ino)
+            start = dirseq_key(ino, after + 1)
+            for key, name in fs.engine.items(state, "fs", start, next_prefix(start[:9])):
+                entry = fs._entry(state, ino, name)
+                if entry is None:
+                    continue
+                inode = fs._inode(state, entry.ino)
+                out.append((name, inode if self.snapshot else fs._with_open_state(inode),
+                            int.from_bytes(key[9:], "big")))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def listdir_sorted_state(self, _unused, ino: int, start_after: bytes, limit: int) -> list[tuple[bytes, DirEntry]]:
+        fs = self.fs
+        out = []
+        with self._state() as state:
+            prefix = dirent_prefix(ino)
+            for key, raw in fs.engine.items(state, "fs", prefix + start_after + b"\0" if start_after else prefix,
+                                            next_prefix(prefix)):
+                out.append((key[len(prefix):], DirEntry.decode(raw)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def readlink_state(self, _unused, ino: int) -> bytes:
+        with self._state() as state:
+            inode = self.fs._inode(state, ino)
+            if not inode.is_link:
+                raise InvalidArgument("not a symbolic link")
+            target = self.fs.engine.get(state, "fs", symlink_key(ino))
+        assert isinstance(target, bytes)
+        return target
+
+    def getxattr_state(self, _unused, ino: int, name: bytes) -> bytes:
+        with self._state() as state:
+            self.fs._inode(state, ino)
+            value = self.fs.engine.get(state, "fs", xattr_key(ino, name))
+        if value is None:
+            raise NoAttribute(f"no attribute {name!r}")
+        assert isinstance(value, bytes)
+        return value
+
+    def listxattr_state(self, _unused, ino: int) -> list[bytes]:
+        with self._state() as state:
+            self.fs._inode(state, ino)
+            prefix = xattr_prefix(ino)
+            return [key[len(prefix):] for key, _ in self.fs.engine.items(state, "fs", prefix, next_prefix(prefix))]
+
+    def read_state(self, ino: int, offset: int, size: int) -> bytes:
+        with self._state() as state:
+            inode = self.fs._inode(state, ino)
+            n = max(0, min(size, inode.size - offset))
+            return bytes(data.read_range(self.fs.engine, state, ino, offset, n)) if n else b""
+
+
+__all__ = ["FileSystem", "FsView", "Ctx", "Change", "errno"]

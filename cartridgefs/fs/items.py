@@ -1,0 +1,163 @@
+"""Keys and values of the filesystem items in the engine's `fs` tree (layout in docs/filesystem.md)."""
+
+from __future__ import annotations
+
+import stat
+import struct
+from dataclasses import dataclass, replace
+
+from ..errors import InvalidArgument, NameTooLong
+
+ROOT_INO = 1
+NAME_MAX = 255
+
+T_INODE = 0x01
+T_DIRENT = 0x02
+T_DIRSEQ = 0x03
+T_XATTR = 0x04
+T_EXTENT = 0x05
+T_SYMLINK = 0x06
+
+_INO = struct.Struct(">Q")
+_INODE = struct.Struct("<IIIIQqqqqQIQQQ16sQ")
+_DIRENT = struct.Struct("<QBQ")
+_EXTENT = struct.Struct("<II")  # skip into the extent, length covered
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """An inode as stored; `blocks` for stat is derived from size."""
+
+    ino: int
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 1
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    btime_ns: int = 0
+    rdev: int = 0
+    flags: int = 0
+    data_version: int = 0
+    next_dir_seq: int = 3  # readdir offsets 1 and 2 are '.' and '..'
+    etag_version: int = -1
+    etag_md5: bytes = bytes(16)
+    parent: int = 0  # directories only: the directory holding it
+
+    def encode(self) -> bytes:
+        return _INODE.pack(
+            self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns, self.mtime_ns,
+            self.ctime_ns, self.btime_ns, self.rdev, self.flags, self.data_version,
+            self.next_dir_seq, self.etag_version & 0xFFFFFFFFFFFFFFFF, self.etag_md5, self.parent,
+        )
+
+    @classmethod
+    def decode(cls, ino: int, raw: bytes) -> Inode:
+        fields = list(_INODE.unpack(raw))
+        if fields[13] == 0xFFFFFFFFFFFFFFFF:
+            fields[13] = -1
+        return cls(ino, *fields)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def etag(self) -> str | None:
+        """The content MD5 in hex, when it is known for the current content."""
+        return self.etag_md5.hex() if self.etag_version == self.data_version else None
+
+    def changed(self, **fields) -> Inode:
+        return replace(self, **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    ino: int
+    dtype: int  # the S_IFMT bits of the child
+    seq: int
+
+    def encode(self) -> bytes:
+        return _DIRENT.pack(self.ino, self.dtype >> 12, self.seq)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DirEntry:
+        ino, dtype, seq = _DIRENT.unpack(raw)
+        return cls(ino, dtype << 12, seq)
+
+
+def check_name(name: bytes) -> bytes:
+    if not name or name in (b".", b".."):
+        raise InvalidArgument(f"invalid name {name!r}")
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+    if b"/" in name or b"\0" in name:
+        raise InvalidArgument(f"invalid name {name!r}")
+    return name
+
+
+def inode_key(ino: int) -> bytes:
+    return _INO.pack(ino) + bytes((T_INODE,))
+
+
+def dirent_key(parent: int, name: bytes) -> bytes:
+    return _INO.pack(parent) + bytes((T_DIRENT,)) + name
+
+
+def dirent_prefix(parent: int) -> bytes:
+    return _INO.pack(parent) + bytes((T_DIRENT,))
+
+
+def dirseq_key(parent: int, seq: int) -> bytes:
+    return _INO.pack(parent) + bytes((T_DIRSEQ,)) + _INO.pack(seq)
+
+
+def xattr_key(ino: int, name: bytes) -> bytes:
+    return _INO.pack(ino) + bytes((T_XATTR,)) + name
+
+
+def xattr_prefix(ino: int) -> bytes:
+    return _INO.pack(ino) + bytes((T_XATTR,))
+
+
+def extent_key(ino: int, offset: int) -> bytes:
+    return _INO.pack(ino) + bytes((T_EXTENT,)) + _INO.pack(offset)
+
+
+def extent_offset(key: bytes) -> int:
+    return _INO.unpack_from(key, 9)[0]
+
+
+def symlink_key(ino: int) -> bytes:
+    return _INO.pack(ino) + bytes((T_SYMLINK,))
+
+
+def inode_prefix(ino: int) -> bytes:
+    return _INO.pack(ino)
+
+
+def next_prefix(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix`."""
+    return (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix), "big")
+
+
+def encode_extent_extra(skip: int, length: int) -> bytes:
+    return _EXTENT.pack(skip, length)
+
+
+def decode_extent_extra(extra: bytes) -> tuple[int, int]:
+    return _EXTENT.unpack(extra)
+
+
+def orphan_key(ino: int) -> bytes:
+    return b"orphan" + _INO.pack(ino)
