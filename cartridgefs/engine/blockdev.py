@@ -14,6 +14,7 @@ from cartridgefs.errors import (
     FormatError,
     IntegrityError,
     InvalidArgument,
+    IsADirectory,
     NoSpace,
     NotFound,
     PermissionDenied,
@@ -80,11 +81,8 @@ class FileDevice:
         if nblocks < 1:
             raise InvalidArgument(f"a device needs at least one block, not {nblocks}")
         size = nblocks * BLOCK_SIZE
-        try:
-            # 0600: the file holds a whole filesystem; sharing is the job of FUSE and S3.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            raise Exists(f"{path} already exists") from None
+        # 0600: the file holds a whole filesystem; sharing is the job of FUSE and S3.
+        fd = _open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             _lock(fd, path, readonly=False)
             _preallocate(fd, path, size)
@@ -100,13 +98,7 @@ class FileDevice:
     @classmethod
     def open(cls, path: str, readonly: bool = False) -> FileDevice:
         """Open an existing cartridge file, locked against concurrent writers."""
-        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            raise NotFound(f"{path}: no such file") from None
-        except PermissionError:
-            raise PermissionDenied(f"{path}: permission denied") from None
+        fd = _open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
         try:
             _lock(fd, path, readonly)
             size = os.fstat(fd).st_size
@@ -192,6 +184,20 @@ class FileDevice:
             raise ReadOnly(
                 f"{self.path}: an earlier sync failed ({self._sync_error}); reopen the cartridge"
             )
+
+
+def _open(path: str, flags: int, mode: int = 0o600) -> int:
+    """os.open with the usual failures as Cartridge errors."""
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        raise Exists(f"{path} already exists") from None
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file or directory") from None
+    except PermissionError:
+        raise PermissionDenied(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise IsADirectory(f"{path} is a directory") from None
 
 
 def _lock(fd: int, path: str, readonly: bool) -> None:

@@ -18,7 +18,7 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
 from ..errors import IntegrityError, InvalidArgument
 from .seal import PTR_SIZE, Ptr
@@ -44,8 +44,7 @@ class Ref:
     extra: bytes = b""
 
 
-Value = Union[bytes, Ref]
-Child = Union["Node", Ptr]
+Value = bytes | Ref
 
 
 class Node:
@@ -74,6 +73,9 @@ class Node:
             for val in self.vals:
                 if isinstance(val, Ref):
                     yield val.ptr
+
+
+Child = Node | Ptr
 
 
 def _stored(node: Node) -> Ptr:
@@ -371,7 +373,7 @@ def decode(data: bytes, ptr: Ptr) -> Node:
                     vals.append(body)
                 else:
                     raise ValueError(f"unknown value tag {tag}")
-        if pos > PAGE_SIZE or any(a >= b for a, b in zip(keys, keys[1:])):
+        if pos > PAGE_SIZE or any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
             raise ValueError("keys out of order")
     except (struct.error, ValueError) as exc:
         raise IntegrityError(f"malformed tree page at block {ptr.block}: {exc}") from exc

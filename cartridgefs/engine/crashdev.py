@@ -61,7 +61,8 @@ class CrashDevice:
         check_range(self.nblocks, block, count)
         with self._lock:
             self._check_alive()
-            return bytes(self._current[block * BLOCK_SIZE : (block + count) * BLOCK_SIZE])
+            view = memoryview(self._current)[block * BLOCK_SIZE : (block + count) * BLOCK_SIZE]
+            return bytes(view)
 
     def write(self, block: int, data: bytes | memoryview) -> None:
         """Record a volatile write of whole blocks."""

@@ -130,7 +130,7 @@ class Fsck:
 
     def _check_order(self, tree: str, node: Node, low: bytes, high: bytes | None) -> None:
         keys = node.keys[1:] if node.level else node.keys
-        if any(a >= b for a, b in zip(keys, keys[1:])):
+        if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
             self.walk_problems.append(f"tree {tree}: keys out of order in page {node.block}")
         if keys and (keys[0] < low or (high is not None and keys[-1] >= high)):
             self.walk_problems.append(f"tree {tree}: page {node.block} holds keys outside its range")
@@ -166,7 +166,7 @@ class Fsck:
     def check_blocks(self, state: State) -> list[str]:
         problems = []
         starts = sorted(self.objects)
-        for prev, cur in zip(starts, starts[1:]):
+        for prev, cur in zip(starts, starts[1:], strict=False):
             if prev + self.objects[prev] > cur:
                 problems.append(f"blocks {cur}..: used by two objects (one starting at {prev})")
         stored = bytearray(self.engine.alloc.nchunks * CHUNK_BYTES)

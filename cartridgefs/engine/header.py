@@ -28,7 +28,6 @@ FORMAT_VERSION = 1
 MIN_BLOCKS = 4
 UUID_SIZE = 16
 
-FUSES_OFFSET = 40
 FUSES_SIZE = 256
 MAC_OFFSET = 4056
 CHECKSUM_OFFSET = 4088
@@ -36,6 +35,7 @@ CHECKSUM_OFFSET = 4088
 _FIXED = struct.Struct("<8sIIQI4xQ256s16sHBBB3x32s12s48s")
 _FUSES = struct.Struct("<BBB")
 _CHECKSUM = struct.Struct("<Q")
+_ZERO_FUSE_RESERVED = bytes(FUSES_SIZE - _FUSES.size)
 # Byte ranges the format reserves (must be zero): 28-31, 317-319, 412-4055.
 _RESERVED = ((28, 32), (317, 320), (_FIXED.size, MAC_OFFSET))
 
@@ -103,7 +103,7 @@ class Fuses:
     @classmethod
     def decode(cls, raw: bytes) -> Fuses:
         """Parse the 256-byte fuse area; FormatError for unknown values."""
-        if any(raw[_FUSES.size : FUSES_SIZE]):
+        if raw[_FUSES.size : FUSES_SIZE] != _ZERO_FUSE_RESERVED:
             raise FormatError("reserved fuse bytes are set (written by a newer version?)")
         try:
             return cls(*_FUSES.unpack_from(raw))
@@ -214,7 +214,7 @@ class Header:
         (checksum,) = _CHECKSUM.unpack_from(raw, CHECKSUM_OFFSET)
         if xxhash.xxh3_64_intdigest(view[:CHECKSUM_OFFSET]) != checksum:
             raise IntegrityError("header checksum mismatch (torn or damaged header)")
-        if any(any(view[start:end]) for start, end in _RESERVED):
+        if any(raw[start:end] != bytes(end - start) for start, end in _RESERVED):
             raise FormatError("reserved header bytes are set (written by a newer version?)")
         fields = list(_FIXED.unpack_from(raw))
         fields[6] = Fuses.decode(fields[6])
@@ -222,7 +222,7 @@ class Header:
             header = cls(*fields[1:])
         except InvalidArgument as err:
             raise FormatError(f"invalid header: {err}") from None
-        if not header.encrypted and any(view[MAC_OFFSET:CHECKSUM_OFFSET]):
+        if not header.encrypted and raw[MAC_OFFSET:CHECKSUM_OFFSET] != bytes(32):
             raise FormatError("header of a plain cartridge carries a MAC")
         return header
 

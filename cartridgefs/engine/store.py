@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from ..errors import (
-    Busy,
     CartridgeError,
     Exists,
     FormatError,
     IntegrityError,
     InvalidArgument,
-    NotFound,
     NoSpace,
+    NotFound,
     PassphraseRequired,
     ReadOnly,
 )

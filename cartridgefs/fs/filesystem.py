@@ -9,7 +9,6 @@ I/O, compression, encryption, hashing) and every commit runs in a worker thread.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import stat
 import time
@@ -624,9 +623,10 @@ class FileSystem:
         try:
             await self._blocking(op)
         except BaseException:
-            for start, chunk in ranges:  # keep the data buffered: nothing was stored
-                if not st.dirty or True:
-                    st.dirty.write(start, bytes(chunk))
+            # Nothing was stored: put the data back under any bytes written since (newer wins).
+            newer = st.dirty.take()
+            for start, chunk in ranges + newer:
+                st.dirty.write(start, bytes(chunk))
             raise
         st.size = None
         st.mtime_ns = None
@@ -839,5 +839,3 @@ class FsView:
             n = max(0, min(size, inode.size - offset))
             return bytes(data.read_range(self.fs.engine, state, ino, offset, n)) if n else b""
 
-
-__all__ = ["FileSystem", "FsView", "Ctx", "Change", "errno"]
