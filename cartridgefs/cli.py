@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from .engine import keys
 from .engine.fsck import repair_free_map, run_fsck
 from .engine.store import DEFAULT_CACHE, Engine
-from .errors import CartridgeError, Exists, NotFound
+from .errors import CartridgeError, Exists, NotFound, PassphraseRequired
 from .logs import setup_logging
 
 
@@ -30,19 +30,19 @@ def _passphrase(args, encrypted: bool, creating: bool = False) -> bytes | None:
     )
 
 
-def open_engine(args, readonly: bool = False) -> Engine:
+def open_engine(args, readonly: bool = False, repair: bool = False) -> Engine:
     """Open the cartridge named by args.cartridge, asking for a passphrase when it is encrypted."""
     if not os.path.exists(args.cartridge):
         raise NotFound(
             f"{args.cartridge}: no such cartridge (create one with: cartridge create {args.cartridge} --blocks N)"
         )
     try:
-        return Engine.open(args.cartridge, readonly=readonly, cache_bytes=args.cache_size)
-    except CartridgeError as exc:
-        if "passphrase" not in str(exc):
-            raise
+        return Engine.open(args.cartridge, readonly=readonly, cache_bytes=args.cache_size, repair=repair)
+    except PassphraseRequired:
+        pass
     return Engine.open(
-        args.cartridge, readonly=readonly, cache_bytes=args.cache_size, passphrase=_passphrase(args, True)
+        args.cartridge, readonly=readonly, cache_bytes=args.cache_size, repair=repair,
+        passphrase=_passphrase(args, True),
     )
 
 
@@ -102,7 +102,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_fsck(args) -> int:
-    engine = open_engine(args, readonly=not args.repair)
+    engine = open_engine(args, readonly=not args.repair, repair=args.repair)
     try:
         results = run_fsck(engine, verify_data=not args.quick)
         bad = {name: problems for name, problems in results.items() if problems}
@@ -119,6 +119,11 @@ def cmd_fsck(args) -> int:
             print("repaired the free map; remaining problems:" if bad else "repaired: all checks pass")
             for name, problems in bad.items():
                 print(f"FAIL  {name}: {problems[:5]}")
+        if args.repair and not bad and engine.needs_check:
+            engine.clear_needs_check()
+            print("cleared the needs-check mark: the cartridge opens writable again")
+        elif engine.needs_check and not bad:
+            print("the cartridge is marked as needing a check: run fsck --repair to clear the mark")
     finally:
         engine.close()
     return 1 if bad else 0
@@ -140,6 +145,12 @@ def cmd_snapshot(args) -> int:
     finally:
         engine.close()
     return 0
+
+
+def cmd_mount(args) -> int:
+    from .mount_helper import run_mount
+
+    return run_mount(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("snapshot", cmd_snapshot, "create, list, delete or restore snapshots",
             actions=("create", "list", "delete", "restore"))
     p.add_argument("name", nargs="?")
+    from .mount_helper import add_arguments
+
+    p = sub.add_parser("mount", help="mount through FUSE (same as mount.cartridge; see docs/mount.md)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_mount)
     return parser
 
 

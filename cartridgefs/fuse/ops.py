@@ -271,9 +271,7 @@ class Operations(pyfuse3.Operations):
 
     async def access(self, inode, mode, ctx):
         # default_permissions makes the kernel check modes; only writes to snapshots are refused.
-        if mode & os.W_OK and inode >> SHIFT:
-            return False
-        return True
+        return not (mode & os.W_OK and inode >> SHIFT)
 
     async def opendir(self, inode, ctx):
         if inode != SNAPDIR_INO:

@@ -1,0 +1,1 @@
+"""The FUSE front end: `ops` (requests → FileSystem) and `mount` (serving loop)."""

@@ -1,0 +1,121 @@
+"""Serve a `FileSystem` through FUSE: the pyfuse3 loop, periodic commits, clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from ..fs.filesystem import FileSystem
+from .ops import AttrPolicy, Operations
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
+POLL_INTERVAL = 0.25
+
+
+@dataclass
+class MountOptions:
+    readonly: bool = False
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    passphrase_file: str | None = None
+    cache_size: int | None = None
+    blocks: int | None = None
+    s3: str | None = "127.0.0.1:9000"  # HOST:PORT, or None when off
+    fsname: str = "cartridge"
+    subtype: str = "cartridge"
+    extra_fuse: list[str] = field(default_factory=list)  # passed through (nosuid, noatime, ...)
+    debug: bool = False
+
+    def fuse_options(self) -> set[str]:
+        opts = {f"fsname={self.fsname}", f"subtype={self.subtype}", "default_permissions"}
+        if self.allow_other:
+            opts.add("allow_other")
+        if self.readonly:
+            opts.add("ro")
+        opts.update(self.extra_fuse)
+        if self.debug:
+            opts.add("debug")
+        return opts
+
+
+async def _commit_loop(fs: FileSystem, interval: float = COMMIT_INTERVAL) -> None:
+    """Flush buffered file data and commit every `interval` s (sooner when many ops queue up)."""
+    engine = fs.engine
+    last = time.monotonic()
+    while True:
+        await trio.sleep(POLL_INTERVAL)
+        if engine.readonly:
+            continue
+        if time.monotonic() - last < interval and not engine.needs_commit:
+            continue
+        last = time.monotonic()
+        try:
+            await fs.flush_all()
+        except Exception as exc:  # e.g. ENOSPC for one file: still commit everything else
+            log.warning("periodic flush: %s", exc)
+        try:
+            if engine.state.dirty:
+                await trio.to_thread.run_sync(engine.sync)
+        except Exception:
+            log.exception("periodic commit failed")
+
+
+async def serve(
+    fs: FileSystem,
+    mountpoint: str,
+    options: MountOptions | None = None,
+    extra: list[Callable[[], Awaitable]] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Mount `fs` at `mountpoint` and serve until unmounted or SIGTERM/SIGINT.
+
+    `extra`: further tasks run beside the FUSE loop (the S3 server); they are cancelled at
+    shutdown. Always ends with everything flushed, committed and the cartridge closed.
+    """
+    options = options or MountOptions()
+    ops = Operations(fs, AttrPolicy(options.uid, options.gid, options.umask))
+    unmount = True  # unless the kernel told us it was unmounted (pyfuse3.main returned)
+    signalled = False
+    try:
+        pyfuse3.init(ops, mountpoint, options.fuse_options())
+    except BaseException:
+        await fs.close()
+        raise
+    try:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                nonlocal signalled
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                    async for signum in sigs:
+                        log.info("signal %d: unmounting", signum)
+                        signalled = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(ops.invalidation_task)
+            nursery.start_soon(_commit_loop, fs)
+            for task in extra or ():
+                nursery.start_soon(task)
+            if on_ready is not None:
+                on_ready()
+            await pyfuse3.main()
+            unmount = signalled
+            nursery.cancel_scope.cancel()
+    finally:
+        try:
+            with trio.CancelScope(shield=True):
+                await fs.close()
+        finally:
+            pyfuse3.close(unmount=unmount)
+
