@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for set-up and everyday commands on a fresh Debian/Ubuntu machine.
-#   ./dev.sh run    install what is missing, create ./storage.cart if absent, serve it
+#   ./dev.sh run    install what is missing, create ./storage.cart if absent, mount it on ./mnt
+#                   with its S3 endpoint on 127.0.0.1:9000 (foreground; Ctrl-C unmounts)
 #   ./dev.sh test   install what is missing, run the test suite
 #   ./dev.sh bench  run the benchmarks      ./dev.sh lint   ruff
 set -euo pipefail
@@ -37,8 +38,11 @@ case "$cmd" in
     run)
         install
         CART="${CARTRIDGE:-storage.cart}"
+        MNT="${MOUNTPOINT:-mnt}"
         [ -f "$CART" ] || "$VENV/bin/cartridge" create "$CART" --blocks "${BLOCKS:-262144}"
-        exec "$VENV/bin/cartridge" info "$CART" ;;
+        mkdir -p "$MNT"
+        echo "mounting $CART on $MNT with S3 on http://${S3:-127.0.0.1:9000} (Ctrl-C unmounts)"
+        exec "$VENV/bin/mount.cartridge" "$CART" "$MNT" -f -o "s3=${S3:-127.0.0.1:9000}" ;;
     test)
         install
         exec "$VENV/bin/pytest" -q "$@" ;;

@@ -153,6 +153,18 @@ def cmd_mount(args) -> int:
     return run_mount(args)
 
 
+def cmd_serve(args) -> int:
+    import trio
+
+    from s3api.server import run
+
+    engine = open_engine(args)
+    trio.run(lambda: run(engine, args.host, args.port,
+                         access_key=os.environ.get("CARTRIDGE_ACCESS_KEY"),
+                         secret_key=os.environ.get("CARTRIDGE_SECRET_KEY")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cartridge", description="A whole filesystem in one file.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mount", help="mount through FUSE (same as mount.cartridge; see docs/mount.md)")
     add_arguments(p)
     p.set_defaults(func=cmd_mount)
+    p = add("serve", cmd_serve, "serve the cartridge as an S3 endpoint (see docs/s3-compatibility.md)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000, help="0 picks a free port")
     return parser
 
 

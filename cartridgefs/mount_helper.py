@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import logging.handlers
 import os
@@ -128,23 +127,23 @@ def open_or_create(source: str, opts: MountOptions) -> Engine:
 
 
 def _s3_tasks(fs, opts: MountOptions) -> list:
+    """The S3 endpoint, served beside the mount in the same trio loop (option s3=HOST:PORT)."""
     if opts.s3 is None:
         return []
-    try:
-        module = importlib.import_module("s3api.server")
-    except ImportError:
-        module = None
-    serve_s3 = getattr(module, "serve", None)
-    if serve_s3 is None:
-        log.warning("S3 (%s) requested, but the S3 server is not available yet; not started", opts.s3)
-        return []
+    from s3api.server import credentials
+    from s3api.server import serve as serve_s3
+
     host, _, port = opts.s3.rpartition(":")
 
     async def run_s3() -> None:
-        # The S3 side owns its configuration (credentials...); a failure there must not take
-        # the FUSE mount down with it.
+        # A failure of the S3 side (port taken...) is logged; the FUSE mount stays up.
         try:
-            await serve_s3(fs, host, int(port))
+            access, secret, show = await credentials(
+                fs, os.environ.get("CARTRIDGE_ACCESS_KEY"), os.environ.get("CARTRIDGE_SECRET_KEY")
+            )
+            if show:
+                log.warning("S3 endpoint on http://%s: access key %s, secret key %s", opts.s3, access, secret)
+            await serve_s3(fs, host, int(port), access_key=access, secret_key=secret)
         except Exception as exc:
             log.error("S3 server on %s not running: %s (the FUSE mount continues)", opts.s3, exc)
 

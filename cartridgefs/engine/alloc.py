@@ -88,6 +88,7 @@ class Allocator:
             for c in range(self.nchunks)
         ]
         self._cursor = 0
+        self.meta_reserve = min(max(nblocks // 64, 32), 16384)
         self.reserved: dict[int, int] = {}
         self.pending: dict[int, list[tuple[int, int]]] = defaultdict(list)
 
@@ -134,8 +135,14 @@ class Allocator:
         raise NoSpace(f"no run of {count} free blocks left in the cartridge")
 
     def reserve(self, count: int) -> int:
-        """Blocks for data about to be written; not referenced until `link`."""
+        """Blocks for data about to be written; not referenced until `link`.
+
+        Data may not use the last `meta_reserve` free blocks: they are kept for the pages a
+        commit writes, so a full cartridge can still commit (and then free space by deleting).
+        """
         with self._lock:
+            if self.free_blocks - count < self.meta_reserve:
+                raise NoSpace("the cartridge is full")
             block = self._alloc(count)
             self.reserved[block] = count
             return block

@@ -110,10 +110,15 @@ class FileSystem:
         lock = self.engine._writer
         if lock.acquire(blocking=False):
             try:
-                return fn(*args)
+                result = fn(*args)
             finally:
                 lock.release()
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        else:
+            result = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        if self.engine.needs_commit:
+            # Bounds the memory held by changes not yet committed.
+            await self._blocking(self.engine.sync)
+        return result
 
     async def _blocking(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -517,8 +522,19 @@ class FileSystem:
         st = self._open.get(ino)
         if st is None:
             return
-        async with st.lock:
-            await self._flush_locked(ino, st)
+        try:
+            async with st.lock:
+                await self._flush_locked(ino, st)
+        except BaseException:
+            # The handle goes away whatever happened (the error was reported at flush/close):
+            # on the last release, data that cannot be stored (e.g. ENOSPC) is dropped, not
+            # kept and retried forever.
+            st.count -= 1
+            if st.count <= 0:
+                st.dirty.take()
+                st.size = st.mtime_ns = None
+                self._open.pop(ino, None)
+            raise
         st.count -= 1
         if st.count > 0:
             return
@@ -588,8 +604,15 @@ class FileSystem:
         await self._blocking(self.engine.sync)
 
     async def flush_all(self) -> None:
+        """Flush every open file; one failing file does not stop the others (first error raised)."""
+        error: BaseException | None = None
         for ino in list(self._open):
-            await self.flush(ino)
+            try:
+                await self.flush(ino)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def _flush_locked(self, ino: int, st: _Open) -> None:
         """Store the dirty ranges of an open file as extents (caller holds st.lock)."""
@@ -736,6 +759,19 @@ class FileSystem:
         await self._meta(op)
         self._emit(Change(ctx.origin, ino=ino))
 
+    async def get_setting(self, key: bytes) -> bytes | None:
+        """A small value stored in the `meta` tree (e.g. the S3 server's generated credentials)."""
+        with self.engine.reader() as state:
+            value = self.engine.get(state, "meta", b"setting" + key)
+        return None if value is None else bytes(value)
+
+    async def set_setting(self, key: bytes, value: bytes) -> None:
+        def op() -> None:
+            with self.engine.txn() as t:
+                t.put("meta", b"setting" + key, value)
+
+        await self._meta(op)
+
     # --- whole filesystem ---
 
     async def statfs(self) -> dict:
@@ -752,8 +788,10 @@ class FileSystem:
         await self.fsync(None)
 
     async def close(self) -> None:
-        await self.flush_all()
-        await self._blocking(self.engine.close)
+        try:
+            await self.flush_all()
+        finally:
+            await self._blocking(self.engine.close)
 
 
 class FsView:

@@ -1,0 +1,66 @@
+"""S3 operations, routed by method, target (service, bucket, object) and sub-resource."""
+
+from __future__ import annotations
+
+from quart import Response
+
+from s3api.errors import S3Error
+from s3api.handlers import buckets, objects
+
+# Sub-resources we know but do not implement: answer NotImplemented rather than acting as if
+# they were absent (a PUT ?acl must not overwrite the object with its ACL document).
+_UNSUPPORTED_BUCKET = ("acl", "policy", "cors", "lifecycle", "tagging", "website", "logging",
+                       "notification", "replication", "encryption", "object-lock", "accelerate",
+                       "requestPayment", "ownershipControls", "publicAccessBlock", "analytics",
+                       "metrics", "inventory", "intelligent-tiering", "uploads", "policyStatus")
+_UNSUPPORTED_OBJECT = ("acl", "tagging", "retention", "legal-hold", "torrent", "restore",
+                       "uploads", "uploadId", "select", "attributes")
+
+
+def _unsupported(query: dict[str, str], names: tuple[str, ...]) -> None:
+    for name in names:
+        if name in query:
+            raise S3Error("NotImplemented", f"The '{name}' sub-resource is not implemented.")
+
+
+async def route(req) -> Response:
+    method = req.method
+    if req.bucket is None:
+        if method in ("GET", "HEAD"):
+            return await buckets.list_buckets(req)
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="SERVICE")
+    if req.key is None:
+        q = req.query
+        if method == "GET":
+            if "location" in q:
+                return await buckets.get_location(req)
+            if "versioning" in q:
+                return await buckets.get_versioning(req)
+            if "versions" in q:
+                return await buckets.list_versions(req)
+            _unsupported(q, _UNSUPPORTED_BUCKET)
+            if q.get("list-type") == "2":
+                return await buckets.list_objects(req, v2=True)
+            return await buckets.list_objects(req, v2=False)
+        if method == "POST" and "delete" in q:
+            return await objects.delete_objects(req)
+        _unsupported(q, _UNSUPPORTED_BUCKET)
+        if method == "PUT":
+            return await buckets.create_bucket(req)
+        if method == "DELETE":
+            return await buckets.delete_bucket(req)
+        if method == "HEAD":
+            return await buckets.head_bucket(req)
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
+    _unsupported(req.query, _UNSUPPORTED_OBJECT)
+    if "partNumber" in req.query and method in ("PUT", "GET", "HEAD"):
+        raise S3Error("NotImplemented", "Multipart uploads are not implemented yet.")
+    if method == "PUT":
+        if "x-amz-copy-source" in req.headers:
+            return await objects.copy_object(req)
+        return await objects.put_object(req)
+    if method in ("GET", "HEAD"):
+        return await objects.get_object(req, head=method == "HEAD")
+    if method == "DELETE":
+        return await objects.delete_object(req)
+    raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")

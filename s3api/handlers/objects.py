@@ -1,0 +1,520 @@
+"""Object operations: PutObject, GetObject/HeadObject, DeleteObject(s), CopyObject."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import unquote
+
+import trio
+from quart import Response
+
+from cartridgefs.errors import CartridgeError, Exists, NoAttribute, NotEmpty, NotFound
+from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, FileSystem
+from cartridgefs.fs.items import Inode
+from s3api import checksums, mapping, xmlio
+from s3api.chunked import BodyVerifier
+from s3api.errors import S3Error, from_cartridge_error
+from s3api.handlers.buckets import EMPTY_MD5, empty, ns_datetime, xml
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+MAX_OBJECT_SIZE = 5 << 30
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+_HEADER_CASE = {name: "-".join(part.capitalize() for part in name.split("-"))
+                for name in mapping.STORED_HEADERS}
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+async def etag_of(fs: FileSystem, inode: Inode) -> str:
+    """The content MD5 (hex): stored at PUT, computed (and remembered) for files written
+    through the mount."""
+    if inode.is_dir:
+        return EMPTY_MD5
+    return inode.etag or await fs.etag(inode.ino)
+
+
+def _text(raw: bytes) -> str:
+    """A stored header value for the response (Quart encodes str as UTF-8)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _parse_mtime(value: str) -> int | None:
+    """x-amz-meta-mtime (float seconds, as rclone sends it) in nanoseconds."""
+    try:
+        seconds = Decimal(value.strip())
+    except InvalidOperation:
+        return None
+    if not seconds.is_finite() or not 0 <= seconds < 1 << 33:
+        return None
+    return int(seconds * 1_000_000_000)
+
+
+def format_mtime(ns: int) -> str:
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return f"{seconds}.{frac:09d}".rstrip("0").rstrip(".")
+
+
+def request_metadata(headers: dict[str, str]) -> tuple[dict[bytes, bytes], int | None]:
+    """The S3 metadata of a PUT/COPY request as xattrs, and the mtime it asks for."""
+    xattrs: dict[bytes, bytes] = {}
+    mtime_ns = None
+    for name in mapping.STORED_HEADERS:
+        value = headers.get(name)
+        if value and name == "content-encoding":
+            value = ",".join(part.strip() for part in value.split(",")
+                             if part.strip() and part.strip().lower() != "aws-chunked")
+        if value:
+            xattrs[mapping.XATTR_PREFIX + name.encode()] = value.encode("latin-1")
+    for name, value in headers.items():
+        if name.startswith("x-amz-meta-"):
+            meta = name[len("x-amz-meta-"):]
+            if meta == "mtime":
+                parsed = _parse_mtime(value)
+                if parsed is not None:
+                    mtime_ns = parsed
+                    continue
+            xattrs[mapping.META_PREFIX + meta.encode("latin-1")] = value.encode("latin-1")
+    return xattrs, mtime_ns
+
+
+async def stored_metadata(fs: FileSystem, ino: int) -> dict[bytes, bytes]:
+    """Every xattr under the S3 prefix."""
+    out = {}
+    for name in await fs.listxattr(ino):
+        if name.startswith(mapping.XATTR_PREFIX):
+            with contextlib.suppress(NoAttribute):
+                out[name] = await fs.getxattr(ino, name)
+    return out
+
+
+def valid_checksums(meta: dict[bytes, bytes], inode: Inode) -> dict[str, str]:
+    """Stored checksums that still describe the content (algorithm -> base64)."""
+    out = {}
+    for name, value in meta.items():
+        if name.startswith(mapping.CHECKSUM_PREFIX):
+            version, _, b64 = value.decode("latin-1").partition(":")
+            if version == str(inode.data_version):
+                out[name[len(mapping.CHECKSUM_PREFIX):].decode()] = b64
+    return out
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    for candidate in header.split(","):
+        candidate = candidate.strip().removeprefix("W/").strip('"')
+        if candidate == "*" or candidate == etag:
+            return True
+    return False
+
+
+def _http_date(value: str | None):
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def check_conditions(headers: dict[str, str], etag: str, mtime_ns: int, *, prefix: str = "",
+                     not_modified: bool = True) -> bool:
+    """RFC 7232 order. Raises PreconditionFailed; returns False for "304 Not Modified"
+    (`not_modified=False`: CopyObject, where every failure is a 412)."""
+    mtime = mtime_ns // 1_000_000_000
+    if_match = headers.get(prefix + "if-match")
+    if if_match is not None:
+        if not _etag_matches(if_match, etag):
+            raise S3Error("PreconditionFailed", Condition=f"{prefix}If-Match")
+    else:
+        since = _http_date(headers.get(prefix + "if-unmodified-since"))
+        if since is not None and mtime > since:
+            raise S3Error("PreconditionFailed", Condition=f"{prefix}If-Unmodified-Since")
+    if_none = headers.get(prefix + "if-none-match")
+    if if_none is not None:
+        if _etag_matches(if_none, etag):
+            if not not_modified:
+                raise S3Error("PreconditionFailed", Condition=f"{prefix}If-None-Match")
+            return False
+    else:
+        since = _http_date(headers.get(prefix + "if-modified-since"))
+        if since is not None and mtime <= since:
+            if not not_modified:
+                raise S3Error("PreconditionFailed", Condition=f"{prefix}If-Modified-Since")
+            return False
+    return True
+
+
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single byte range; None to serve the whole object."""
+    if not value:
+        return None
+    match = _RANGE.fullmatch(value.strip())
+    if not match or (not match[1] and not match[2]):
+        return None  # unsupported or malformed (e.g. several ranges): ignored, as AWS does
+    if not match[1]:
+        suffix = int(match[2])
+        if suffix == 0 or size == 0:
+            raise S3Error("InvalidRange", RangeRequested=value, ActualObjectSize=str(size))
+        return max(0, size - suffix), size - 1
+    first = int(match[1])
+    last = int(match[2]) if match[2] else size - 1
+    if match[2] and last < first:
+        return None
+    if first >= size:
+        raise S3Error("InvalidRange", RangeRequested=value, ActualObjectSize=str(size))
+    return first, min(last, size - 1)
+
+
+def object_headers(inode: Inode, etag: str, meta: dict[bytes, bytes]) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{etag}"',
+        "Last-Modified": format_datetime(ns_datetime(inode.mtime_ns), usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Content-Type": "binary/octet-stream",
+        "x-amz-meta-mtime": format_mtime(inode.mtime_ns),
+    }
+    for name in mapping.STORED_HEADERS:
+        value = meta.get(mapping.XATTR_PREFIX + name.encode())
+        if value is not None:
+            headers[_HEADER_CASE[name]] = _text(value)
+    for name, value in meta.items():
+        if name.startswith(mapping.META_PREFIX):
+            headers["x-amz-meta-" + _text(name[len(mapping.META_PREFIX):])] = _text(value)
+    return headers
+
+
+def _declared_size(headers: dict[str, str]) -> None:
+    for name in ("x-amz-decoded-content-length", "content-length"):
+        value = headers.get(name)
+        if value is not None and value.strip().isdigit():
+            if int(value) > MAX_OBJECT_SIZE + (MAX_OBJECT_SIZE // 100 if name == "content-length" else 0):
+                raise S3Error("EntityTooLarge", ProposedSize=value, MaxSizeAllowed=str(MAX_OBJECT_SIZE))
+            return
+    if "transfer-encoding" not in headers:
+        raise S3Error("MissingContentLength")
+
+
+# ------------------------------------------------------------------------ PutObject
+
+
+async def put_object(req) -> Response:
+    fs, ctx = req.fs, req.ctx
+    bucket = await mapping.bucket_inode(fs, req.bucket)
+    kp = mapping.key_path(req.key)
+    _declared_size(req.headers)
+    verifier = BodyVerifier.from_headers(req.raw_headers, req.auth)
+    xattrs, mtime_ns = request_metadata(req.headers)
+    if_none = req.headers.get("if-none-match")
+    if_match = req.headers.get("if-match")
+    if if_none is not None and if_none.strip() != "*":
+        raise S3Error("NotImplemented", "If-None-Match on PUT supports only '*'.")
+
+    async def check_existing() -> None:
+        if if_none is None and if_match is None:
+            return
+        try:
+            current = await mapping.lookup_object(fs, bucket.ino, kp, req.bucket)
+        except S3Error:
+            current = None
+        if if_none is not None and current is not None:
+            raise S3Error("PreconditionFailed", Condition="If-None-Match")
+        if if_match is not None:
+            if current is None:
+                raise S3Error("NoSuchKey", Key=req.key, BucketName=req.bucket)
+            if not _etag_matches(if_match, await etag_of(fs, current)):
+                raise S3Error("PreconditionFailed", Condition="If-Match")
+
+    await check_existing()
+    if kp.is_directory:
+        return await _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns)
+    ino = await fs.create_unlinked(ctx)
+    chain: list[Inode] = []
+    created: list[Inode] = []
+    try:
+        offset = 0
+        async for chunk in req.chunks():
+            payload = verifier.feed(chunk)
+            if payload:
+                await fs.write(ctx, ino, offset, payload)
+                offset += len(payload)
+        body = verifier.finish()
+        await fs.flush(ino)
+        version = (await fs.getattr(ino)).data_version
+        for algorithm, b64 in body.checksums.items():
+            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
+        await check_existing()
+        chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
+        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=bytes.fromhex(body.md5_hex),
+                         xattrs=xattrs, mtime_ns=mtime_ns)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await fs.discard_unlinked(ino)
+                if created:
+                    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
+            except Exception:
+                log.exception("cleaning up after a failed PUT")
+        raise
+    headers = {"ETag": f'"{body.md5_hex}"'}
+    for algorithm, b64 in body.checksums.items():
+        headers[checksums.header_name(algorithm)] = b64
+    return empty(200, headers)
+
+
+async def _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns) -> Response:
+    """PUT "dir/": an explicit directory; the body must be empty."""
+    fs, ctx = req.fs, req.ctx
+    async for chunk in req.chunks():
+        if verifier.feed(chunk):
+            raise S3Error("DirectoryObjectContainsData", Key=req.key)
+    verifier.finish()
+    chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
+    try:
+        try:
+            inode = await fs.mkdir(ctx, chain[-1].ino, kp.name)
+        except Exists:
+            inode = await fs.lookup(chain[-1].ino, kp.name)
+            if not inode.is_dir:
+                raise S3Error("ObjectParentIsFile", "A file of that name exists.", Key=req.key) from None
+            # An implicit directory stays implicit (FileSystem has no call to change flags):
+            # see docs/s3-mapping.md.
+        await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            if created:
+                await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
+        raise
+    return empty(200, {"ETag": f'"{EMPTY_MD5}"'})
+
+
+# ------------------------------------------------------------------------ GetObject
+
+
+async def get_object(req, head: bool) -> Response:
+    fs = req.fs
+    bucket = await mapping.bucket_inode(fs, req.bucket)
+    kp = mapping.key_path(req.key)
+    inode = await mapping.lookup_object(fs, bucket.ino, kp, req.bucket)
+    etag = await etag_of(fs, inode)
+    inode = await fs.getattr(inode.ino)  # etag() flushed: size and versions are current
+    meta = await stored_metadata(fs, inode.ino)
+    headers = object_headers(inode, etag, meta)
+    if not check_conditions(req.headers, etag, inode.mtime_ns):
+        keep = ("ETag", "Last-Modified", "Cache-Control", "Expires")
+        return empty(304, {name: value for name, value in headers.items() if name in keep})
+    size = 0 if inode.is_dir else inode.size
+    span = _parse_range(req.headers.get("range"), size)
+    status = 200
+    first, length = 0, size
+    if span is not None:
+        status = 206
+        first, length = span[0], span[1] - span[0] + 1
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    elif req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        for algorithm, b64 in valid_checksums(meta, inode).items():
+            headers[checksums.header_name(algorithm)] = b64
+            headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    for param, header in _OVERRIDES.items():
+        if param in req.query:
+            headers[header] = req.query[param]
+    if head or length == 0:
+        response = empty(status, headers)
+    else:
+        response = Response(_stream(fs, inode.ino, first, length), status=status, headers=headers)
+        response.timeout = None
+    response.headers["Content-Type"] = headers["Content-Type"]
+    response.headers["Content-Length"] = str(length)
+    return response
+
+
+async def _stream(fs: FileSystem, ino: int, first: int, length: int):
+    """The bytes [first, first+length) of a file, 1 MiB at a time; the open handle keeps the
+    content readable even if the object is replaced or deleted meanwhile."""
+    await fs.open(ino)
+    try:
+        pos, end = first, first + length
+        while pos < end:
+            data = await fs.read(ino, pos, min(READ_CHUNK, end - pos))
+            if not data:
+                raise RuntimeError(f"inode {ino} shrank while being sent")
+            yield data
+            pos += len(data)
+    finally:
+        with trio.CancelScope(shield=True):
+            await fs.release(ino)
+
+
+# ------------------------------------------------------------------------ DeleteObject(s)
+
+
+async def _delete_one(req, bucket_ino: int, key: str) -> None:
+    fs, ctx = req.fs, req.ctx
+    kp = mapping.key_path(key)
+    chain = await mapping.resolve_parent(fs, bucket_ino, kp)
+    if chain is None:
+        return
+    try:
+        inode = await fs.lookup(chain[-1].ino, kp.name)
+    except NotFound:
+        return
+    if kp.is_directory:
+        if not inode.is_dir or inode.flags & FLAG_IMPLICIT_DIR:
+            return
+        try:
+            await fs.rmdir(ctx, chain[-1].ino, kp.name)
+        except NotEmpty:
+            raise S3Error("DirectoryNotEmpty", Key=key) from None
+    else:
+        if not inode.is_reg:
+            return  # no object of that name (a directory, or a symlink/device from the mount)
+        try:
+            await fs.unlink(ctx, chain[-1].ino, kp.name)
+        except NotFound:
+            return
+    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
+
+
+async def delete_object(req) -> Response:
+    bucket = await mapping.bucket_inode(req.fs, req.bucket)
+    await _delete_one(req, bucket.ino, req.key)
+    return empty(204)
+
+
+async def delete_objects(req) -> Response:
+    bucket = await mapping.bucket_inode(req.fs, req.bucket)
+    request = xmlio.parse_delete(await req.read_small())
+    deleted, errors = [], []
+    for obj in request.objects:
+        try:
+            if obj.version_id not in (None, "null"):
+                raise S3Error("InvalidArgument", "Invalid version id specified")
+            await _delete_one(req, bucket.ino, obj.key)
+        except S3Error as err:
+            errors.append(xmlio.DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
+            continue
+        except CartridgeError as exc:
+            err = from_cartridge_error(exc, bucket=req.bucket, key=obj.key)
+            errors.append(xmlio.DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
+            continue
+        if not request.quiet:
+            deleted.append(xmlio.DeletedEntry(obj.key, obj.version_id))
+    return xml(xmlio.render_delete_result(deleted, errors))
+
+
+# ------------------------------------------------------------------------ CopyObject
+
+
+def _copy_source(value: str) -> tuple[str, str]:
+    source = unquote(value.strip(), errors="surrogateescape")
+    source, _, version = source.partition("?versionId=")
+    if version and version != "null":
+        raise S3Error("InvalidArgument", "Invalid version id specified",
+                      ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    bucket, slash, key = source.lstrip("/").partition("/")
+    if not slash or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                      "sourcebucket/sourcekey", ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    return bucket, key
+
+
+async def copy_object(req) -> Response:
+    fs, ctx = req.fs, req.ctx
+    src_bucket_name, src_key = _copy_source(req.headers["x-amz-copy-source"])
+    src_bucket = await mapping.bucket_inode(fs, src_bucket_name)
+    src_kp = mapping.key_path(src_key)
+    src = await mapping.lookup_object(fs, src_bucket.ino, src_kp, src_bucket_name)
+    if src.is_dir:
+        raise S3Error("NotImplemented", "Copying directory objects is not supported.")
+    bucket = await mapping.bucket_inode(fs, req.bucket)
+    kp = mapping.key_path(req.key)
+    if kp.is_directory:
+        raise S3Error("InvalidArgument", "The destination of a copy cannot be a directory key.", Key=req.key)
+    src_etag = await etag_of(fs, src)
+    src = await fs.getattr(src.ino)
+    check_conditions(req.headers, src_etag, src.mtime_ns, prefix="x-amz-copy-source-", not_modified=False)
+    directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.",
+                      ArgumentName="x-amz-metadata-directive", ArgumentValue=directive)
+    src_meta = await stored_metadata(fs, src.ino)
+    src_sums = valid_checksums(src_meta, src)
+    if directive == "REPLACE":
+        xattrs, mtime_ns = request_metadata(req.headers)
+        if mtime_ns is None:
+            mtime_ns = time.time_ns()
+    else:
+        xattrs = {name: value for name, value in src_meta.items()
+                  if not name.startswith(mapping.CHECKSUM_PREFIX)}
+        mtime_ns = src.mtime_ns
+
+    same = src_bucket.ino == bucket.ino and src_kp == kp
+    if same:
+        if directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
+                          "copy an object to itself without changing the object's metadata, "
+                          "storage class, website redirect location or encryption attributes.")
+        for name, value in src_meta.items():
+            if name.startswith(mapping.CHECKSUM_PREFIX):
+                xattrs[name] = value
+        await fs.replace_xattrs(ctx, src.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
+        return xml(xmlio.render_copy_object(src_etag, ns_datetime(mtime_ns)))
+
+    ino = await fs.create_unlinked(ctx)
+    chain: list[Inode] = []
+    created: list[Inode] = []
+    try:
+        md5 = hashlib.md5()
+        hashers = {algorithm: checksums.make_hasher(algorithm) for algorithm in src_sums}
+        await fs.open(src.ino)
+        try:
+            pos = 0
+            while pos < src.size:
+                data = await fs.read(src.ino, pos, min(READ_CHUNK, src.size - pos))
+                if not data:
+                    raise S3Error("InternalError", "The source changed during the copy.")
+                await fs.write(ctx, ino, pos, data)
+                md5.update(data)
+                for hasher in hashers.values():
+                    hasher.update(data)
+                pos += len(data)
+        finally:
+            with trio.CancelScope(shield=True):
+                await fs.release(src.ino)
+        await fs.flush(ino)
+        version = (await fs.getattr(ino)).data_version
+        for algorithm, hasher in hashers.items():
+            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{hasher.b64()}".encode()
+        chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
+        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5.digest(), xattrs=xattrs,
+                         mtime_ns=mtime_ns)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await fs.discard_unlinked(ino)
+                if created:
+                    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
+            except Exception:
+                log.exception("cleaning up after a failed copy")
+        raise
+    sums = {algorithm: hasher.b64() for algorithm, hasher in hashers.items()}
+    return xml(xmlio.render_copy_object(md5.hexdigest(), ns_datetime(mtime_ns), sums))
+

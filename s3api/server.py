@@ -1,0 +1,140 @@
+"""Serving a cartridge over S3: hypercorn on the caller's trio loop, and `cartridge-s3-server`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from cartridgefs.engine.store import Engine
+from cartridgefs.errors import CartridgeError, InvalidArgument
+from cartridgefs.fs.filesystem import FileSystem
+from cartridgefs.logs import setup_logging
+from s3api.app import Settings, create_app
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL = 2.0
+_ACCESS_SETTING = b"s3.access_key"
+_SECRET_SETTING = b"s3.secret_key"
+
+
+async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret_key: str,
+                region: str = "us-east-1", domain: str | None = None,
+                task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `fs` over S3 until cancelled; `task_status.started(port)` with the bound port
+    (port 0 binds an ephemeral one)."""
+    app = create_app(fs, Settings({access_key: secret_key}, region=region, domain=domain))
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 64 * 1024  # S3 request heads can be long (metadata)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(hypercorn_serve, app, config))
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+
+
+async def commit_loop(fs: FileSystem, interval: float = COMMIT_INTERVAL) -> None:
+    """Make buffered writes durable every `interval` seconds."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            await fs.flush_all()
+            if fs.engine.state.dirty:
+                await trio.to_thread.run_sync(fs.engine.sync)
+        except CartridgeError as exc:
+            log.error("periodic commit failed: %s", exc)
+
+
+async def credentials(fs: FileSystem, access_key: str | None, secret_key: str | None) -> tuple[str, str, bool]:
+    """The configured pair, or the one stored in the cartridge (generated on first use).
+    Returns (access, secret, generated_or_stored)."""
+    if access_key and secret_key:
+        return access_key, secret_key, False
+    if access_key or secret_key:
+        raise InvalidArgument("give both an S3 access key and a secret key, or neither")
+    stored_access = await fs.get_setting(_ACCESS_SETTING)
+    stored_secret = await fs.get_setting(_SECRET_SETTING)
+    if stored_access and stored_secret:
+        return stored_access.decode(), stored_secret.decode(), True
+    access = "CART" + secrets.token_hex(8).upper()
+    secret = secrets.token_urlsafe(30)
+    await fs.set_setting(_ACCESS_SETTING, access.encode())
+    await fs.set_setting(_SECRET_SETTING, secret.encode())
+    await trio.to_thread.run_sync(fs.engine.sync)
+    return access, secret, True
+
+
+async def run(engine: Engine, host: str, port: int, *, access_key: str | None = None,
+              secret_key: str | None = None, region: str = "us-east-1",
+              domain: str | None = None) -> None:
+    """Serve an open engine until SIGINT/SIGTERM, committing periodically; closes the engine."""
+    fs = FileSystem(engine)
+    try:
+        access, secret, show = await credentials(fs, access_key, secret_key)
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(
+                serve, fs, host, port, access_key=access, secret_key=secret, region=region,
+                domain=domain))
+            shown_host = f"[{host}]" if ":" in host else host
+            print(f"cartridge S3 endpoint listening on http://{shown_host}:{bound}", flush=True)
+            if show:
+                print(f"access key: {access}\nsecret key: {secret}", flush=True)
+            nursery.start_soon(commit_loop, fs)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("signal %d: shutting down", signum)
+                    break
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await fs.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cartridge-s3-server", description="Serve a cartridge over S3.")
+    p.add_argument("--cartridge-path", required=True, help="the .cart file")
+    p.add_argument("--blocks", type=int, help="create the cartridge with this many 4096-byte blocks if missing")
+    p.add_argument("-H", "--host", default="127.0.0.1")
+    p.add_argument("-P", "--port", type=int, default=9000, help="0 picks a free port")
+    p.add_argument("--access-key", default=os.environ.get("CARTRIDGE_ACCESS_KEY"))
+    p.add_argument("--secret-key", default=os.environ.get("CARTRIDGE_SECRET_KEY"))
+    p.add_argument("--region", default="us-east-1")
+    p.add_argument("--domain", help="accept virtual-hosted style requests for <bucket>.<domain>")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = _parser().parse_args(argv)
+    try:
+        if not os.path.exists(args.cartridge_path):
+            if not args.blocks:
+                print(f"cartridge-s3-server: {args.cartridge_path} does not exist "
+                      "(give --blocks N to create it)", file=sys.stderr)
+                return 1
+            Engine.create(args.cartridge_path, args.blocks).close()
+        engine = Engine.open(args.cartridge_path)
+        trio.run(partial(run, engine, args.host, args.port, access_key=args.access_key,
+                         secret_key=args.secret_key, region=args.region, domain=args.domain))
+    except CartridgeError as exc:
+        print(f"cartridge-s3-server: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
