@@ -141,9 +141,12 @@ class Fsck:
 
     def check_refcounts(self, state: State) -> list[str]:
         stored: dict[int, int] = {}
-        for key, val in btree.items(state.roots.get("rc"), self.engine.load_node):
-            stored[int.from_bytes(key, "big")] = int.from_bytes(val, "little")
         problems = []
+        try:
+            for key, val in btree.items(state.roots.get("rc"), self.engine.load_node):
+                stored[int.from_bytes(key, "big")] = int.from_bytes(val, "little")
+        except CartridgeError as exc:  # already reported by the walk; the counts are unknown
+            return [f"reference counts unreadable: {exc}"]
         for block, seen in sorted(self.refs.items()):
             expected = stored.get(block, 1)
             if expected != seen:
@@ -170,9 +173,12 @@ class Fsck:
             if prev + self.objects[prev] > cur:
                 problems.append(f"blocks {cur}..: used by two objects (one starting at {prev})")
         stored = bytearray(self.engine.alloc.nchunks * CHUNK_BYTES)
-        for key, val in btree.items(state.roots.get("free"), self.engine.load_node):
-            index = int.from_bytes(key, "big")
-            stored[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES] = val
+        try:
+            for key, val in btree.items(state.roots.get("free"), self.engine.load_node):
+                index = int.from_bytes(key, "big")
+                stored[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES] = val
+        except CartridgeError as exc:  # already reported by the walk
+            return [*problems, f"free map unreadable: {exc}"]
         used = self.used_bitmap()
         if stored != used:
             leaked = marked_free = 0

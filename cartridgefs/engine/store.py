@@ -86,6 +86,7 @@ class Engine:
         cache_bytes: int,
         readonly: bool,
         data_key: bytes | None,
+        repair: bool = False,
     ) -> None:
         self.dev = dev
         self.header = header
@@ -111,8 +112,8 @@ class Engine:
             flags=payload.flags,
         )
         self.alloc = Allocator(header.nblocks, self._load_free_map(), self._system_blocks())
-        if payload.flags & FLAG_NEEDS_CHECK and not readonly:
-            log.warning("cartridge is marked as needing a check; opening read-only")
+        if payload.flags & FLAG_NEEDS_CHECK and not readonly and not repair:
+            log.warning("cartridge is marked as needing a check (run cartridge fsck); opening read-only")
             self.readonly = True
 
     # --- opening and creating ---
@@ -205,13 +206,16 @@ class Engine:
         readonly: bool = False,
         cache_bytes: int = DEFAULT_CACHE,
         dev: BlockDevice | None = None,
+        repair: bool = False,
     ) -> Engine:
         if dev is None:
             if not os.path.exists(path):
                 raise NotFound(f"{path}: no such cartridge")
             dev = FileDevice.open(path, readonly=readonly)
         try:
-            return cls.open_device(dev, passphrase=passphrase, readonly=readonly, cache_bytes=cache_bytes)
+            return cls.open_device(
+                dev, passphrase=passphrase, readonly=readonly, cache_bytes=cache_bytes, repair=repair
+            )
         except BaseException:
             dev.close()
             raise
@@ -224,7 +228,9 @@ class Engine:
         passphrase: bytes | None = None,
         readonly: bool = False,
         cache_bytes: int = DEFAULT_CACHE,
+        repair: bool = False,
     ) -> Engine:
+        """Open a cartridge on `dev`; `repair` opens it writable even when it needs a check."""
         header, raw = read_header(dev)
         data_key = None
         if header.flags & Features.ENCRYPTED:
@@ -234,12 +240,16 @@ class Engine:
             data_key = keys.unwrap_key(kek, header.wrap_nonce, header.wrapped_key, header.uuid)
             Header.verify_mac(raw, keys.header_mac_key(data_key))
         probe = cls._sealer(header, data_key, epoch=0)
-        gen, payload = cls._newest_superblock(dev, probe)
+        gen, payload, valid = cls._newest_superblock(dev, probe)
         sealer = cls._sealer(header, data_key, epoch=payload.epoch + 1)
-        engine = cls(dev, header, sealer, payload, gen, cache_bytes, readonly, data_key)
+        engine = cls(dev, header, sealer, payload, gen, cache_bytes, readonly, data_key, repair)
         if not engine.readonly and header.flags & Features.ENCRYPTED:
             # Durably claim the new nonce epoch before encrypting anything with it.
             engine.epoch = payload.epoch + 1
+            engine.sync(force=True)
+        elif not engine.readonly and valid < len(SUPER_BLOCKS):
+            # A commit torn by a crash (or a damaged slot): the next generation goes to the bad
+            # slot, so commit now to have a valid fallback superblock again.
             engine.sync(force=True)
         return engine
 
@@ -250,7 +260,8 @@ class Engine:
         return AeadSealer(header.uuid, data_key, epoch)
 
     @staticmethod
-    def _newest_superblock(dev: BlockDevice, sealer: Sealer) -> tuple[int, SuperPayload]:
+    def _newest_superblock(dev: BlockDevice, sealer: Sealer) -> tuple[int, SuperPayload, int]:
+        """(generation, payload) of the newest valid superblock, and how many slots are valid."""
         found = []
         for block in SUPER_BLOCKS:
             try:
@@ -260,7 +271,8 @@ class Engine:
                 log.warning("superblock at block %d is not valid: %s", block, exc)
         if not found:
             raise IntegrityError("no valid superblock: the cartridge is damaged")
-        return max(found, key=lambda item: item[0])
+        gen, payload = max(found, key=lambda item: item[0])
+        return gen, payload, len(found)
 
     def _system_blocks(self) -> list[int]:
         return [0, *SUPER_BLOCKS, self.header.nblocks - 1]
@@ -427,8 +439,21 @@ class Engine:
         if not self.damaged:
             log.error("integrity failure, cartridge now read-only until checked: %s", why)
             self.damaged = why
+            # The next commit records "needs check" in the superblock.
+            self.state = replace(self.state, dirty=True)
+
+    def clear_needs_check(self) -> None:
+        """After a clean fsck: let the cartridge be opened for writing again."""
+        self.damaged = None
+        with self._writer:
+            self.state = replace(self.state, flags=self.state.flags & ~FLAG_NEEDS_CHECK, dirty=True)
+        self.sync()
 
     # --- commits ---
+
+    @property
+    def needs_check(self) -> bool:
+        return bool(self.state.flags & FLAG_NEEDS_CHECK) or self.damaged is not None
 
     @property
     def needs_commit(self) -> bool:
@@ -443,9 +468,18 @@ class Engine:
             if self.durable_gen >= target and not force:
                 return self.durable_gen
             with self._writer:
-                job = self._prepare()
+                job = self._prepare_or_stop()
             self._write(job)
         return self.durable_gen
+
+    def _prepare_or_stop(self) -> _CommitJob:
+        """`_prepare`, but a failure half-way leaves the in-memory state unusable: stop writing."""
+        try:
+            return self._prepare()
+        except BaseException as exc:
+            log.error("commit preparation failed, the cartridge is now read-only: %s", exc)
+            self.readonly = True
+            raise
 
     def _prepare(self) -> _CommitJob:
         """Assign blocks to every new page, encode and seal them; publish the committed state."""
@@ -549,19 +583,22 @@ class Engine:
     def snapshot_create(self, name: str) -> None:
         """Record the current state under `name` (O(1): one reference to the root page)."""
         key = _snapshot_key(name)
-        with self._commit:
-            with self._writer:
-                if btree.get(self.state.roots.get("snap"), key, self.load_node) is not None:
-                    raise Exists(f"snapshot {name!r} already exists")
-                job = self._prepare()  # the live root must be a stored page to be shared
-                with self.txn() as t:
-                    root = t.roots.get("fs")
-                    if root is None:
-                        raise InvalidArgument("nothing to snapshot yet")
-                    ptr = root if isinstance(root, Ptr) else root.ptr
-                    extra = _SNAP_META.pack(time.time_ns(), job.gen)
-                    t.put("snap", key, Ref(ptr, extra))
+        # The writer lock is held while the commit writes (snapshots are rare): the live root
+        # must be a stored page to be shared, and no transaction may change it in between.
+        with self._commit, self._writer:
+            if btree.get(self.state.roots.get("snap"), key, self.load_node) is not None:
+                raise Exists(f"snapshot {name!r} already exists")
+            job = self._prepare_or_stop()
+            # Written before the transaction below: a prepared generation is the working state
+            # (its pages count as stored), so it must reach the disk even if that one fails.
             self._write(job)
+            with self.txn() as t:
+                root = t.roots.get("fs")
+                if root is None:
+                    raise InvalidArgument("nothing to snapshot yet")
+                ptr = root if isinstance(root, Ptr) else root.ptr
+                extra = _SNAP_META.pack(time.time_ns(), job.gen)
+                t.put("snap", key, Ref(ptr, extra))
         self.sync()
 
     def snapshot_delete(self, name: str) -> None:
@@ -574,19 +611,19 @@ class Engine:
     def snapshot_restore(self, name: str) -> None:
         """Make the live tree what the snapshot holds (the snapshot itself stays)."""
         key = _snapshot_key(name)
-        with self._commit:
-            with self._writer:
-                job = self._prepare()  # so the live root is a stored page we can drop
-                with self.txn() as t:
-                    ref = t.get("snap", key)
-                    if not isinstance(ref, Ref):
-                        raise NotFound(f"no snapshot named {name!r}")
-                    old = t.roots.get("fs")
-                    t.incref(ref.ptr)
-                    if old is not None:
-                        t.decref(old if isinstance(old, Ptr) else old.ptr)
-                    t.set_root("fs", ref.ptr)
-            self._write(job)
+        with self._commit, self._writer:
+            # Commit first (see snapshot_create), so that the live root is a stored page we can
+            # drop: dropping it reads it back, which needs it on disk or in the cache.
+            self._write(self._prepare_or_stop())
+            with self.txn() as t:
+                ref = t.get("snap", key)
+                if not isinstance(ref, Ref):
+                    raise NotFound(f"no snapshot named {name!r}")
+                old = t.roots.get("fs")
+                t.incref(ref.ptr)
+                if old is not None:
+                    t.decref(old if isinstance(old, Ptr) else old.ptr)
+                t.set_root("fs", ref.ptr)
         self.sync()
 
     def snapshots(self, state: State | None = None) -> list[SnapshotInfo]:
