@@ -11,6 +11,7 @@ from .engine import keys
 from .engine.fsck import repair_free_map, run_fsck
 from .engine.store import DEFAULT_CACHE, Engine
 from .errors import CartridgeError, Exists, NotFound, PassphraseRequired
+from .fs.fsck import FS_CHECKS
 from .logs import setup_logging
 
 
@@ -104,7 +105,7 @@ def cmd_info(args) -> int:
 def cmd_fsck(args) -> int:
     engine = open_engine(args, readonly=not args.repair, repair=args.repair)
     try:
-        results = run_fsck(engine, verify_data=not args.quick)
+        results = run_fsck(engine, verify_data=not args.quick, extra=FS_CHECKS)
         bad = {name: problems for name, problems in results.items() if problems}
         for name, problems in results.items():
             print(f"{'FAIL' if problems else 'ok  '}  {name}")
@@ -114,7 +115,7 @@ def cmd_fsck(args) -> int:
                 print(f"        ... and {len(problems) - 50} more")
         if args.repair and bad:
             repair_free_map(engine)
-            results = run_fsck(engine, verify_data=False)
+            results = run_fsck(engine, verify_data=False, extra=FS_CHECKS)
             bad = {name: problems for name, problems in results.items() if problems}
             print("repaired the free map; remaining problems:" if bad else "repaired: all checks pass")
             for name, problems in bad.items():

@@ -29,6 +29,7 @@ class Fsck:
     refs: Counter[int] = field(default_factory=Counter)  # block -> references seen
     objects: dict[int, int] = field(default_factory=dict)  # first block -> nblocks
     walk_problems: list[str] = field(default_factory=list)
+    memo: dict = field(default_factory=dict)  # results extra checks share
 
     def run(self) -> dict[str, list[str]]:
         if self.engine.state.dirty and not self.engine.readonly:

@@ -40,6 +40,7 @@ from .seal import (
     KIND_BLOB,
     KIND_EXTENT,
     KIND_NODE,
+    NONCES_PER_EPOCH,
     AeadSealer,
     ChecksumSealer,
     Ptr,
@@ -244,9 +245,14 @@ class Engine:
         sealer = cls._sealer(header, data_key, epoch=payload.epoch + 1)
         engine = cls(dev, header, sealer, payload, gen, cache_bytes, readonly, data_key, repair)
         if not engine.readonly and header.flags & Features.ENCRYPTED:
-            # Durably claim the new nonce epoch before encrypting anything with it.
+            # Durably claim the new nonce epoch before encrypting anything with it: this commit
+            # writes the superblock only (its nonce is random), no page.
             engine.epoch = payload.epoch + 1
+            later = engine.alloc.take_dirty_chunks()
             engine.sync(force=True)
+            engine.alloc.dirty_chunks.update(later)
+            if engine.sealer.nonces_left != NONCES_PER_EPOCH:
+                raise AssertionError("a page was encrypted before its nonce epoch was durable")
         elif not engine.readonly and valid < len(SUPER_BLOCKS):
             # A commit torn by a crash (or a damaged slot): the next generation goes to the bad
             # slot, so commit now to have a valid fallback superblock again.
