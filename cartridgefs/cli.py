@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
+from . import control
 from .engine import keys
 from .engine.fsck import repair_free_map, run_fsck
+from .engine.header import AclMode, SseMode, VersioningMode
 from .engine.store import DEFAULT_CACHE, Engine
-from .errors import CartridgeError, Exists, NotFound, PassphraseRequired
+from .errors import Busy, CartridgeError, Exists, NotFound, PassphraseRequired
+from .fs.filesystem import FileSystem
 from .fs.fsck import FS_CHECKS
+from .fs.multipart import UploadNotFound, UploadRecords, Uploads
 from .logs import setup_logging
 
 
@@ -58,6 +63,7 @@ def cmd_create(args) -> int:
         passphrase=passphrase,
         cache_bytes=args.cache_size,
     )
+    FileSystem(engine)  # an empty filesystem: the root directory
     engine.close()
     print(f"created {args.cartridge}: {args.blocks} blocks of 4096 bytes"
           f"{', encrypted' if passphrase else ''}, compression {args.compression}")
@@ -72,12 +78,23 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def cmd_info(args) -> int:
-    engine = open_engine(args, readonly=True)
+def _on_engine(args, readonly: bool, local: Callable[[Engine], object], command: str, *cargs) -> object:
+    """Run `local` on the opened cartridge, or `command` in the process that has it mounted."""
     try:
-        info = engine.info()
+        engine = open_engine(args, readonly=readonly)
+    except Busy:
+        return control.request(args.cartridge, command, *cargs)
+    try:
+        return local(engine)
     finally:
         engine.close()
+
+
+def cmd_info(args) -> int:
+    def local(engine: Engine) -> dict:
+        return {**control.jsonable(engine.info()), "uploads": UploadRecords(engine).usage_sync()}
+
+    info = _on_engine(args, True, local, "info")
     bs = info["block_size"]
     fuses = info["fuses"]
     lines = [
@@ -89,13 +106,18 @@ def cmd_info(args) -> int:
         f" (compression {info['compression']}, ratio {info['compression_ratio']:.2f})",
         f"encryption:   {'on (AES-256-GCM)' if info['encrypted'] else 'off'}",
         f"generation:   {info['generation']}",
-        f"fuses:        s3_versioning_mode={fuses.s3_versioning_mode.name} "
-        f"s3_acl_mode={fuses.s3_acl_mode.name} s3_sse_mode={fuses.s3_sse_mode.name}",
+        f"fuses:        s3_versioning_mode={VersioningMode(fuses['s3_versioning_mode']).name} "
+        f"s3_acl_mode={AclMode(fuses['s3_acl_mode']).name} s3_sse_mode={SseMode(fuses['s3_sse_mode']).name}",
         f"snapshots:    {len(info['snapshots'])}",
     ]
+    uploads = info.get("uploads")
+    if uploads is None:
+        lines.insert(-1, "uploads:      (not shown while the cartridge is in use)")
+    else:
+        lines.insert(-1, f"uploads:      {uploads['uploads']} unfinished multipart uploads, {uploads['parts']} parts, "
+                     f"{_fmt_bytes(uploads['bytes'])} in {uploads['blocks']} blocks")
     for snap in info["snapshots"]:
-        when = datetime.fromtimestamp(snap.created_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        lines.append(f"  {snap.name}  (generation {snap.gen}, {when})")
+        lines.append(f"  {snap['name']}  (generation {snap['gen']}, {_when(snap['created_ns'])} UTC)")
     if info["damaged"]:
         lines.append(f"DAMAGED:      {info['damaged']}")
     print("\n".join(lines))
@@ -131,21 +153,48 @@ def cmd_fsck(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
+    def local(engine: Engine) -> list[dict]:
+        if args.action != "list":
+            getattr(engine, f"snapshot_{args.action}")(args.name)
+        return control.jsonable(engine.info())["snapshots"]
+
+    cargs = () if args.action == "list" else (args.name,)
+    snaps = _on_engine(args, args.action == "list", local, f"snapshot_{args.action}", *cargs)
+    if args.action == "list":
+        for snap in snaps:
+            print(f"{snap['name']}\t{_when(snap['created_ns'])}\tgeneration {snap['gen']}")
+    return 0
+
+
+def cmd_uploads(args) -> int:
+    """List unfinished multipart uploads, or abort one (or all) of them, freeing their blocks."""
+    if args.action == "abort" and bool(args.upload_id) == bool(args.all):
+        print("cartridge uploads abort: give an upload id or --all", file=sys.stderr)
+        return 2
     engine = open_engine(args, readonly=args.action == "list")
     try:
-        if args.action == "create":
-            engine.snapshot_create(args.name)
-        elif args.action == "delete":
-            engine.snapshot_delete(args.name)
-        elif args.action == "restore":
-            engine.snapshot_restore(args.name)
-        for snap in engine.snapshots():
-            if args.action == "list":
-                when = datetime.fromtimestamp(snap.created_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{snap.name}\t{when}\tgeneration {snap.gen}")
+        uploads = Uploads(FileSystem(engine)) if args.action == "abort" else UploadRecords(engine)
+        with engine.reader() as state:
+            found = [(u, uploads.parts_in(state, u.upload_id)) for u in uploads.uploads_in(state)]
+        if args.action == "list":
+            for upload, parts in found:
+                size = sum(part.size for part in parts.values())
+                print(f"{upload.upload_id}	{upload.bucket}/{upload.key.decode(errors='replace')}	"
+                      f"{_when(upload.initiated_ns)}	{len(parts)} parts	{_fmt_bytes(size)}")
+            return 0
+        chosen = [u for u, _ in found if args.all or u.upload_id == args.upload_id]
+        if not chosen:
+            raise UploadNotFound(f"no upload {args.upload_id!r}")
+        for upload in chosen:
+            uploads.abort_sync(upload)
+            print(f"aborted {upload.upload_id} ({upload.bucket}/{upload.key.decode(errors='replace')})")
     finally:
         engine.close()
     return 0
+
+
+def _when(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def cmd_mount(args) -> int:
@@ -184,10 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, required=True, help="number of 4096-byte blocks")
     p.add_argument("--compression", choices=("zstd", "none"), default="zstd")
     p.add_argument("--encrypt", action="store_true", help="encrypt everything (asks for a passphrase)")
-    add("info", cmd_info, "show size, usage, fuses and snapshots")
+    add("info", cmd_info, "show size, usage, fuses, unfinished uploads and snapshots")
     p = add("fsck", cmd_fsck, "check a cartridge; exit status 1 when anything is wrong")
     p.add_argument("--repair", action="store_true", help="rebuild the free map in a new generation")
     p.add_argument("--quick", action="store_true", help="do not read file data")
+    p = add("uploads", cmd_uploads, "list or abort unfinished S3 multipart uploads",
+            actions=("list", "abort"))
+    p.add_argument("upload_id", nargs="?", help="the upload to abort")
+    p.add_argument("--all", action="store_true", help="abort every unfinished upload")
     p = add("snapshot", cmd_snapshot, "create, list, delete or restore snapshots",
             actions=("create", "list", "delete", "restore"))
     p.add_argument("name", nargs="?")

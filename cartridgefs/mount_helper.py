@@ -13,6 +13,7 @@ import logging.handlers
 import os
 import sys
 import time
+from functools import partial
 
 from .cli import _parse_size
 from .engine.store import DEFAULT_CACHE, Engine
@@ -153,12 +154,14 @@ def _s3_tasks(fs, opts: MountOptions) -> list:
 def _serve(engine: Engine, mountpoint: str, opts: MountOptions, on_ready=None) -> None:
     import trio
 
+    from . import control
     from .fs.filesystem import FileSystem
     from .fuse.mount import serve
 
     async def run() -> None:
         fs = FileSystem(engine)
-        await serve(fs, mountpoint, opts, extra=_s3_tasks(fs, opts), on_ready=on_ready)
+        tasks = [*_s3_tasks(fs, opts), partial(control.serve, fs, engine.dev.path)]
+        await serve(fs, mountpoint, opts, extra=tasks, on_ready=on_ready)
 
     trio.run(run)
 

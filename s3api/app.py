@@ -36,6 +36,9 @@ MAX_OBJECT_SIZE = 5 << 30  # 5 GiB, AWS's single-PUT limit
 MAX_BODY = MAX_OBJECT_SIZE + MAX_OBJECT_SIZE // 100 + (1 << 20)
 BODY_TIMEOUT = 60.0  # seconds without any body bytes before an upload is abandoned
 BUFFERED_BODY = 1 << 20  # stop reading from the socket while this much is waiting
+# AWS allows 8 KiB of request head for a PUT; we allow twice that for any request (a head that
+# arrives in pieces is also bounded by hypercorn's h11_max_incomplete_size, see server.py).
+MAX_HEADER_SECTION = 16 << 10
 
 
 @dataclass
@@ -74,8 +77,8 @@ class S3Request:
                 except RequestEntityTooLarge:
                     raise S3Error("EntityTooLarge") from None
             if scope.cancelled_caught:
-                raise S3Error("IncompleteBody", "No body bytes arrived in "
-                              f"{self.settings.body_timeout:.0f} seconds.")
+                raise S3Error("RequestTimeout", "No body bytes arrived in "
+                              f"{self.settings.body_timeout:g} seconds.")
             yield chunk
 
     async def read_small(self, limit: int = 8 << 20) -> bytes:
@@ -156,20 +159,21 @@ def _request_id() -> str:
     return secrets.token_hex(8).upper()
 
 
-def _split_target(raw_path: str, host: str, domain: str | None) -> tuple[str | None, str | None]:
-    """(bucket, key) from the path, or from the Host for virtual-hosted style under `domain`."""
+def _split_target(raw_path: str, host: str, domain: str | None) -> tuple[str | None, str | None, bool]:
+    """(bucket, key, virtual): from the path, or from the Host for virtual-hosted style under
+    `domain` (virtual True)."""
     hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     hostname = hostname.lower()
     if domain and hostname.endswith("." + domain.lower()):
         bucket = hostname[: -len(domain) - 1]
         key = raw_path[1:] if raw_path.startswith("/") else raw_path
-        return bucket, (unquote(key, errors="surrogateescape") or None)
+        return bucket, (unquote(key, errors="surrogateescape") or None), True
     path = raw_path[1:] if raw_path.startswith("/") else raw_path
     if not path:
-        return None, None
+        return None, None, False
     bucket, slash, key = path.partition("/")
     bucket = unquote(bucket)
-    return bucket, (unquote(key, errors="surrogateescape") if slash and key else None)
+    return bucket, (unquote(key, errors="surrogateescape") if slash and key else None), False
 
 
 def error_response(err: S3Error, request_id: str, method: str, resource: str) -> Response:
@@ -204,11 +208,15 @@ async def handle(app_state) -> Response:
     headers = sigv4.header_map(raw_headers)
     method = request.method
     resource = unquote(raw_path)
-    bucket, key = _split_target(raw_path, headers.get("host", ""), settings.domain)
+    bucket, key, virtual = _split_target(raw_path, headers.get("host", ""), settings.domain)
     try:
         try:
+            if sum(len(name) + len(value) + 4 for name, value in raw_headers) > MAX_HEADER_SECTION:
+                raise S3Error("RequestHeaderSectionTooLarge",
+                              MaxSizeAllowed=str(MAX_HEADER_SECTION))
             auth = sigv4.authenticate(
-                sigv4.SignedRequest(method, raw_path, raw_query, raw_headers, datetime.now(UTC)),
+                sigv4.SignedRequest(method, raw_path, raw_query, raw_headers, datetime.now(UTC),
+                                    virtual_bucket=bucket if virtual else None),
                 settings.credentials.get,
             )
             if auth is None:

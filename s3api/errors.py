@@ -59,6 +59,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
         400,
         "The XML you provided was not well-formed or did not validate against our published schema",
     ),
+    "MetadataTooLarge": (400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
@@ -75,6 +76,11 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "ObjectParentIsFile": (409, "A prefix of the key is an existing object, not a directory."),
     "PreconditionFailed": (412, "At least one of the pre-conditions you specified did not hold"),
     "RequestHeaderSectionTooLarge": (400, "Your request header section exceeds the maximum allowed size."),
+    "RequestTimeout": (
+        400,
+        "Your socket connection to the server was not read from or written to within the "
+        "timeout period. Idle connections will be closed.",
+    ),
     "RequestTimeTooSkewed": (
         403,
         "The difference between the request time and the current time is too large.",

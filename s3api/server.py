@@ -18,7 +18,7 @@ from cartridgefs.engine.store import Engine
 from cartridgefs.errors import CartridgeError, InvalidArgument
 from cartridgefs.fs.filesystem import FileSystem
 from cartridgefs.logs import setup_logging
-from s3api.app import Settings, create_app
+from s3api.app import BODY_TIMEOUT, Settings, create_app
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ _SECRET_SETTING = b"s3.secret_key"
 
 async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret_key: str,
                 region: str = "us-east-1", domain: str | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                body_timeout: float = BODY_TIMEOUT, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `fs` over S3 until cancelled; `task_status.started(port)` with the bound port
     (port 0 binds an ephemeral one)."""
-    app = create_app(fs, Settings({access_key: secret_key}, region=region, domain=domain))
+    app = create_app(fs, Settings({access_key: secret_key}, region=region, domain=domain,
+                                  body_timeout=body_timeout))
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
@@ -78,7 +79,7 @@ async def credentials(fs: FileSystem, access_key: str | None, secret_key: str | 
 
 async def run(engine: Engine, host: str, port: int, *, access_key: str | None = None,
               secret_key: str | None = None, region: str = "us-east-1",
-              domain: str | None = None) -> None:
+              domain: str | None = None, body_timeout: float = BODY_TIMEOUT) -> None:
     """Serve an open engine until SIGINT/SIGTERM, committing periodically; closes the engine."""
     fs = FileSystem(engine)
     try:
@@ -86,7 +87,7 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(partial(
                 serve, fs, host, port, access_key=access, secret_key=secret, region=region,
-                domain=domain))
+                domain=domain, body_timeout=body_timeout))
             shown_host = f"[{host}]" if ":" in host else host
             print(f"cartridge S3 endpoint listening on http://{shown_host}:{bound}", flush=True)
             if show:
@@ -112,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-key", default=os.environ.get("CARTRIDGE_SECRET_KEY"))
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--domain", help="accept virtual-hosted style requests for <bucket>.<domain>")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT, metavar="SECONDS",
+                   help="answer RequestTimeout when a request body stalls this long "
+                   f"(default {BODY_TIMEOUT:g})")
     return p
 
 
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             Engine.create(args.cartridge_path, args.blocks).close()
         engine = Engine.open(args.cartridge_path)
         trio.run(partial(run, engine, args.host, args.port, access_key=args.access_key,
-                         secret_key=args.secret_key, region=args.region, domain=args.domain))
+                         secret_key=args.secret_key, region=args.region, domain=args.domain,
+                         body_timeout=args.body_timeout))
     except CartridgeError as exc:
         print(f"cartridge-s3-server: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""AWS Signature Version 4 verification for S3: Authorization header, presigned URLs, chunks.
+"""AWS Signature Version 4 verification for S3: Authorization header, presigned URLs, chunks
+(and, from the same entry point, SigV2 presigned URLs: `s3api.sigv2`).
 
 The input is a framework-independent `SignedRequest`: the path and query exactly as sent on the
 wire, and the headers. The output is an `AuthContext`, which the aws-chunked decoder needs to
@@ -22,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
+from s3api import sigv2
 from s3api.errors import S3Error, expired_request
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -64,6 +66,7 @@ class SignedRequest:
     raw_query: str  # as on the wire, without "?"
     headers: Headers  # must include "host" (the handler maps HTTP/2's :authority to it)
     now: datetime
+    virtual_bucket: str | None = None  # the bucket a virtual-hosted Host names (SigV2 signs it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +111,9 @@ def authenticate(request: SignedRequest, secret_for: Callable[[str], str | None]
     elif "X-Amz-Algorithm" in names:
         claim = _query_claim(dict(query), headers, request.now)
         excluded = ("X-Amz-Signature",)
-    elif {"AWSAccessKeyId", "Signature"} <= names:
-        # botocore and s3cmd presign with SigV2 unless configured for s3v4: say so clearly.
-        raise S3Error("InvalidRequest", "Signature Version 2 is not supported; please use "
-                      f"{ALGORITHM} (e.g. signature_version = s3v4).")
+    elif sigv2.is_presigned(names):
+        # botocore and s3cmd presign with SigV2 unless configured for s3v4.
+        return _sigv2_presigned(request, query, headers, secret_for)
     else:
         return None
     secret = secret_for(claim.access_key)
@@ -135,6 +137,18 @@ def authenticate(request: SignedRequest, secret_for: Callable[[str], str | None]
         scope=scope, seed_signature=expected, payload_hash=claim.payload_hash,
         presigned=authorization is None,
     )
+
+
+def _sigv2_presigned(request: SignedRequest, query: list[tuple[str, str]], headers: dict[str, str],
+                     secret_for: Callable[[str], str | None]) -> AuthContext:
+    """A SigV2 presigned URL: the body is unsigned; nothing chains from its signature."""
+    resource = request.raw_path or "/"
+    if request.virtual_bucket:
+        resource = f"/{request.virtual_bucket}{resource}"
+    access_key = sigv2.verify_presigned(request.method, resource, query, headers, request.now,
+                                        secret_for)
+    return AuthContext(access_key=access_key, region="", signing_key=b"", amz_date="", scope="",
+                       seed_signature="", payload_hash=UNSIGNED_PAYLOAD, presigned=True)
 
 
 def _header_claim(authorization: str, headers: dict[str, str], now: datetime) -> _Claim:

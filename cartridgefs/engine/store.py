@@ -535,13 +535,16 @@ class Engine:
 
     def _assign(self, root: Child | None, new_nodes: list[Node]) -> None:
         """Give every not-yet-stored node under `root` a block (children first)."""
-        if root is None or isinstance(root, Ptr) or root.ptr is not None or root.block is not None:
+        if root is None or isinstance(root, Ptr) or root.ptr is not None:
             return
+        # Children first, even under a node that has its block already: the free-map loop may
+        # split a page of the commit's own free-map tree after its parent got a block.
         if root.level:
             for child in root.vals:
                 self._assign(child, new_nodes)
-        root.block = self.alloc.assign(1)
-        new_nodes.append(root)
+        if root.block is None:
+            root.block = self.alloc.assign(1)
+            new_nodes.append(root)
 
     def _store(self, root: Child | None, gen: int, writes: list[tuple[int, bytes]]) -> Ptr | None:
         """Encode and seal new nodes bottom-up; returns the root's pointer."""

@@ -23,6 +23,12 @@ class DirtyRanges:
         if lo and self.starts[lo - 1] + len(self.chunks[lo - 1]) >= offset:
             lo -= 1
         hi = bisect_right(self.starts, end)
+        if hi == lo + 1 and self.starts[lo] + len(self.chunks[lo]) == offset:
+            # Right after one range and touching no other (sequential writes): append in place,
+            # rather than copying the whole range again for every write.
+            self.chunks[lo] += data
+            self.nbytes += len(data)
+            return
         if lo == hi:
             self.starts.insert(lo, offset)
             self.chunks.insert(lo, bytearray(data))

@@ -123,7 +123,9 @@ class FileSystem:
     async def _blocking(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    def _emit(self, change: Change) -> None:
+    def emit(self, change: Change) -> None:
+        """Tell the listeners about a change (`Change(origin)` with no inode and no name means
+        anything may have changed, as after a snapshot restore)."""
         for listener in self.listeners:
             listener(change)
 
@@ -263,7 +265,7 @@ class FileSystem:
             if target is not None:
                 t.put("fs", symlink_key(child.ino), target)
             self._add_entry(t, pdir, name, child, now)
-        self._emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
         return child
 
     async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int = 0o755, flags: int = 0) -> Inode:
@@ -303,7 +305,7 @@ class FileSystem:
                 return inode
 
         inode = await self._meta(op)
-        self._emit(Change(ctx.origin, ino=ino, parent=new_parent, name=new_name))
+        self.emit(Change(ctx.origin, ino=ino, parent=new_parent, name=new_name))
         return self._with_open_state(inode)
 
     def _unlink_inode(self, t: Txn, inode: Inode, now: int) -> None:
@@ -347,17 +349,17 @@ class FileSystem:
 
     async def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, False)
-        self._emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
 
     async def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, True)
-        self._emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
 
     async def rename(self, ctx: Ctx, old_parent: int, old_name: bytes, new_parent: int,
                      new_name: bytes, flags: int = 0) -> None:
         await self._meta(self._rename, old_parent, old_name, new_parent, new_name, flags)
-        self._emit(Change(ctx.origin, ino=old_parent, parent=old_parent, name=old_name))
-        self._emit(Change(ctx.origin, ino=new_parent, parent=new_parent, name=new_name))
+        self.emit(Change(ctx.origin, ino=old_parent, parent=old_parent, name=old_name))
+        self.emit(Change(ctx.origin, ino=new_parent, parent=new_parent, name=new_name))
 
     def _rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         check_name(new_name)
@@ -448,7 +450,7 @@ class FileSystem:
             if st is not None and mtime_ns is not None:
                 st.mtime_ns = None  # an explicit time wins over the time of buffered writes
             inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
-        self._emit(Change(ctx.origin, ino=ino))
+        self.emit(Change(ctx.origin, ino=ino))
         return self._with_open_state(inode)
 
     def _setattr(self, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns) -> Inode:
@@ -498,7 +500,7 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
 
         await self._meta(op)
-        self._emit(Change(ctx.origin, ino=ino))
+        self.emit(Change(ctx.origin, ino=ino))
 
     async def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
         def op() -> None:
@@ -509,7 +511,7 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
 
         await self._meta(op)
-        self._emit(Change(ctx.origin, ino=ino))
+        self.emit(Change(ctx.origin, ino=ino))
 
     # --- file contents ---
 
@@ -543,9 +545,9 @@ class FileSystem:
         def drop_if_orphan() -> None:
             with self.engine.txn() as t:
                 inode = self._inode_or_none(t, ino)
-                if inode is not None and inode.nlink == 0:
+                # A nameless inode held by something else (a multipart upload's part) stays.
+                if inode is not None and inode.nlink == 0 and t.delete("meta", orphan_key(ino)):
                     self._drop(t, inode)
-                    t.delete("meta", orphan_key(ino))
 
         await self._meta(drop_if_orphan)
 
@@ -587,7 +589,7 @@ class FileSystem:
             st.mtime_ns = _now()
             if st.dirty.nbytes >= FLUSH_AT:
                 await self._flush_locked(ino, st)
-        self._emit(Change(ctx.origin, ino=ino))
+        self.emit(Change(ctx.origin, ino=ino))
         return len(payload)
 
     async def flush(self, ino: int) -> None:
@@ -712,32 +714,38 @@ class FileSystem:
         await self.flush(ino)
 
         def op() -> None:
-            now = _now()
             with self.engine.txn() as t:
-                pdir = self._dir(t, parent)
-                old = self._entry(t, parent, name)
-                if old is not None:
-                    old_inode = self._inode(t, old.ino)
-                    if old_inode.is_dir:
-                        raise IsADirectory(f"{name!r} is a directory")
-                    pdir = self._remove_entry(t, pdir, name, old, now)
-                    self._unlink_inode(t, old_inode, now)
-                inode = self._inode(t, ino)
-                fields: dict = {"nlink": 1, "ctime_ns": now}
-                if mtime_ns is not None:
-                    fields["mtime_ns"] = mtime_ns
-                if md5 is not None:
-                    fields.update(etag_version=inode.data_version, etag_md5=md5)
-                inode = inode.changed(**fields)
-                t.put("fs", inode_key(ino), inode.encode())
-                for key, value in (xattrs or {}).items():
-                    t.put("fs", xattr_key(ino, key), value)
-                t.delete("meta", orphan_key(ino))
-                self._add_entry(t, pdir, name, inode, now)
+                self.name_unlinked(t, ino, parent, name, md5=md5, xattrs=xattrs, mtime_ns=mtime_ns)
 
         await self._meta(op)
         await self.release(ino)
-        self._emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+
+    def name_unlinked(self, t: Txn, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
+                      xattrs: dict[bytes, bytes] | None = None, mtime_ns: int | None = None) -> None:
+        """Within transaction `t`: `publish` without the flush (also used to complete multipart
+        uploads, whose assembly must happen in the same transaction)."""
+        now = _now()
+        pdir = self._dir(t, parent)
+        old = self._entry(t, parent, name)
+        if old is not None:
+            old_inode = self._inode(t, old.ino)
+            if old_inode.is_dir:
+                raise IsADirectory(f"{name!r} is a directory")
+            pdir = self._remove_entry(t, pdir, name, old, now)
+            self._unlink_inode(t, old_inode, now)
+        inode = self._inode(t, ino)
+        fields: dict = {"nlink": 1, "ctime_ns": now}
+        if mtime_ns is not None:
+            fields["mtime_ns"] = mtime_ns
+        if md5 is not None:
+            fields.update(etag_version=inode.data_version, etag_md5=md5)
+        inode = inode.changed(**fields)
+        t.put("fs", inode_key(ino), inode.encode())
+        for key, value in (xattrs or {}).items():
+            t.put("fs", xattr_key(ino, key), value)
+        t.delete("meta", orphan_key(ino))
+        self._add_entry(t, pdir, name, inode, now)
 
     async def replace_xattrs(self, ctx: Ctx, ino: int, prefix: bytes, values: dict[bytes, bytes],
                              mtime_ns: int | None = None) -> None:
@@ -757,7 +765,21 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(**fields).encode())
 
         await self._meta(op)
-        self._emit(Change(ctx.origin, ino=ino))
+        self.emit(Change(ctx.origin, ino=ino))
+
+    async def set_flags(self, ctx: Ctx, ino: int, flags: int) -> Inode:
+        """Set the inode's `flags` word (e.g. clear FLAG_IMPLICIT_DIR when S3 makes a directory
+        explicit with a "dir/" marker, or set it when the marker is deleted)."""
+
+        def op() -> Inode:
+            with self.engine.txn() as t:
+                inode = self._inode(t, ino).changed(flags=flags, ctime_ns=_now())
+                t.put("fs", inode_key(ino), inode.encode())
+                return inode
+
+        inode = await self._meta(op)
+        self.emit(Change(ctx.origin, ino=ino))
+        return inode
 
     async def get_setting(self, key: bytes) -> bytes | None:
         """A small value stored in the `meta` tree (e.g. the S3 server's generated credentials)."""

@@ -22,8 +22,10 @@ from .items import (
     decode_extent_extra,
     next_prefix,
 )
+from .multipart import check_uploads
 
-HELD_PREFIXES = (b"orphan",)  # `meta` keys ending in an inode number that keeps a nameless inode
+# `meta` keys ending in an inode number that keeps a nameless inode (mpu.held: multipart parts)
+HELD_PREFIXES = (b"orphan", b"mpu.held")
 
 
 @dataclass
@@ -50,6 +52,9 @@ def _walk_tree(fsck: Fsck, state: State) -> _Walk:
     extent_end: dict[int, int] = {}
     symlinks: set[int] = set()
     for key, val in engine.items(state, "fs"):
+        if len(key) < 9:
+            w.problems.append(f"malformed key {key!r} in the filesystem tree")
+            continue
         ino, kind, rest = int.from_bytes(key[:8], "big"), key[8], key[9:]
         if kind == T_INODE:
             w.inodes[ino] = Inode.decode(ino, engine.value(val))
@@ -137,4 +142,5 @@ def check_link_counts(fsck: Fsck) -> list[str]:
     return problems
 
 
-FS_CHECKS = [("namespace", check_namespace), ("link counts", check_link_counts)]
+FS_CHECKS = [("namespace", check_namespace), ("link counts", check_link_counts),
+             ("multipart uploads", check_uploads)]

@@ -99,7 +99,13 @@ class Operations(pyfuse3.Operations):
         self._names: dict[int, str] = {}  # slot -> snapshot name
         self._views: dict[int, FsView] = {}
         self._inval_send, self._inval_recv = trio.open_memory_channel(10_000)
+        self._known: set[int] = set()
+        self.initialised = trio.Event()  # set once the kernel's FUSE_INIT is answered
         fs.listeners.append(self._on_change)
+
+    def init(self) -> None:
+        # Called by pyfuse3 on the loop thread while it handles FUSE_INIT (the reply follows).
+        self.initialised.set()
 
     # --- attributes ---
 
@@ -112,6 +118,7 @@ class Operations(pyfuse3.Operations):
         if readonly:
             mode &= ~0o222
         e.st_ino = fuse_ino
+        self._known.add(fuse_ino)  # what the kernel may cache, for a restore to invalidate
         e.generation = 0
         e.entry_timeout = TIMEOUT
         e.attr_timeout = TIMEOUT
@@ -185,6 +192,9 @@ class Operations(pyfuse3.Operations):
         """Forward changes made by others to the kernel (run in the serving nursery)."""
         async for change in self._inval_recv:
             try:
+                if change.ino is None and change.parent is None:  # anything may have changed
+                    for ino in list(self._known):
+                        await trio.to_thread.run_sync(self._invalidate_inode, ino)
                 if change.parent is not None and change.name is not None:
                     await pyfuse3.invalidate_entry_async(change.parent, change.name,
                                                          ignore_enoent=True)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from quart import Response
 
 from s3api.errors import S3Error
-from s3api.handlers import buckets, objects
+from s3api.handlers import buckets, multipart, objects
 
 # Sub-resources we know but do not implement: answer NotImplemented rather than acting as if
 # they were absent (a PUT ?acl must not overwrite the object with its ACL document).
 _UNSUPPORTED_BUCKET = ("acl", "policy", "cors", "lifecycle", "tagging", "website", "logging",
                        "notification", "replication", "encryption", "object-lock", "accelerate",
                        "requestPayment", "ownershipControls", "publicAccessBlock", "analytics",
-                       "metrics", "inventory", "intelligent-tiering", "uploads", "policyStatus")
+                       "metrics", "inventory", "intelligent-tiering", "policyStatus")
 _UNSUPPORTED_OBJECT = ("acl", "tagging", "retention", "legal-hold", "torrent", "restore",
-                       "uploads", "uploadId", "select", "attributes")
+                       "select", "attributes")
 
 
 def _unsupported(query: dict[str, str], names: tuple[str, ...]) -> None:
@@ -38,6 +38,8 @@ async def route(req) -> Response:
                 return await buckets.get_versioning(req)
             if "versions" in q:
                 return await buckets.list_versions(req)
+            if "uploads" in q:
+                return await multipart.list_uploads(req)
             _unsupported(q, _UNSUPPORTED_BUCKET)
             if q.get("list-type") == "2":
                 return await buckets.list_objects(req, v2=True)
@@ -53,8 +55,8 @@ async def route(req) -> Response:
             return await buckets.head_bucket(req)
         raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
     _unsupported(req.query, _UNSUPPORTED_OBJECT)
-    if "partNumber" in req.query and method in ("PUT", "GET", "HEAD"):
-        raise S3Error("NotImplemented", "Multipart uploads are not implemented yet.")
+    if "uploadId" in req.query or (method == "POST" and "uploads" in req.query):
+        return await _route_multipart(req)
     if method == "PUT":
         if "x-amz-copy-source" in req.headers:
             return await objects.copy_object(req)
@@ -63,4 +65,18 @@ async def route(req) -> Response:
         return await objects.get_object(req, head=method == "HEAD")
     if method == "DELETE":
         return await objects.delete_object(req)
+    raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
+
+
+async def _route_multipart(req) -> Response:
+    """Object requests naming an upload (?uploadId=…), or starting one (POST ?uploads)."""
+    method = req.method
+    if method == "POST":
+        return await (multipart.create(req) if "uploads" in req.query else multipart.complete(req))
+    if method == "PUT":
+        return await multipart.upload_part(req)
+    if method == "GET":
+        return await multipart.list_parts(req)
+    if method == "DELETE":
+        return await multipart.abort(req)
     raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import time
@@ -17,7 +16,8 @@ from quart import Response
 from cartridgefs.errors import CartridgeError, Exists, NoAttribute, NotEmpty, NotFound
 from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, FileSystem
 from cartridgefs.fs.items import Inode
-from s3api import checksums, mapping, xmlio
+from cartridgefs.fs.multipart import Uploads
+from s3api import checksums, mapping, streams, xmlio
 from s3api.chunked import BodyVerifier
 from s3api.errors import S3Error, from_cartridge_error
 from s3api.handlers.buckets import EMPTY_MD5, empty, ns_datetime, xml
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 MAX_OBJECT_SIZE = 5 << 30
+MAX_METADATA = 2048  # bytes of x-amz-meta-* names and values, as on AWS
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -47,6 +48,9 @@ async def etag_of(fs: FileSystem, inode: Inode) -> str:
     through the mount."""
     if inode.is_dir:
         return EMPTY_MD5
+    layout = await Uploads(fs).layout(inode)
+    if layout is not None:
+        return layout.etag  # "<md5 of the part MD5s>-<parts>" of a multipart upload
     return inode.etag or await fs.etag(inode.ino)
 
 
@@ -78,6 +82,10 @@ def request_metadata(headers: dict[str, str]) -> tuple[dict[bytes, bytes], int |
     """The S3 metadata of a PUT/COPY request as xattrs, and the mtime it asks for."""
     xattrs: dict[bytes, bytes] = {}
     mtime_ns = None
+    meta_size = sum(len(name) - len("x-amz-meta-") + len(value.encode("latin-1"))
+                    for name, value in headers.items() if name.startswith("x-amz-meta-"))
+    if meta_size > MAX_METADATA:
+        raise S3Error("MetadataTooLarge", Size=str(meta_size), MaxSizeAllowed=str(MAX_METADATA))
     for name in mapping.STORED_HEADERS:
         value = headers.get(name)
         if value and name == "content-encoding":
@@ -250,14 +258,7 @@ async def put_object(req) -> Response:
     chain: list[Inode] = []
     created: list[Inode] = []
     try:
-        offset = 0
-        async for chunk in req.chunks():
-            payload = verifier.feed(chunk)
-            if payload:
-                await fs.write(ctx, ino, offset, payload)
-                offset += len(payload)
-        body = verifier.finish()
-        await fs.flush(ino)
+        body = await streams.receive_body(req, ino, verifier)
         version = (await fs.getattr(ino)).data_version
         for algorithm, b64 in body.checksums.items():
             xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
@@ -295,8 +296,8 @@ async def _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns) -> Respons
             inode = await fs.lookup(chain[-1].ino, kp.name)
             if not inode.is_dir:
                 raise S3Error("ObjectParentIsFile", "A file of that name exists.", Key=req.key) from None
-            # An implicit directory stays implicit (FileSystem has no call to change flags):
-            # see docs/s3-mapping.md.
+            if inode.flags & FLAG_IMPLICIT_DIR:  # the marker makes it explicit: it now stays
+                inode = await fs.set_flags(ctx, inode.ino, inode.flags & ~FLAG_IMPLICIT_DIR)
         await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -323,6 +324,8 @@ async def get_object(req, head: bool) -> Response:
         return empty(304, {name: value for name, value in headers.items() if name in keep})
     size = 0 if inode.is_dir else inode.size
     span = _parse_range(req.headers.get("range"), size)
+    if "partNumber" in req.query:
+        span = await _part_span(fs, inode, req.query["partNumber"], headers)
     status = 200
     first, length = 0, size
     if span is not None:
@@ -332,7 +335,7 @@ async def get_object(req, head: bool) -> Response:
     elif req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
         for algorithm, b64 in valid_checksums(meta, inode).items():
             headers[checksums.header_name(algorithm)] = b64
-            headers["x-amz-checksum-type"] = "FULL_OBJECT"
+            headers["x-amz-checksum-type"] = "COMPOSITE" if "-" in b64 else "FULL_OBJECT"
     for param, header in _OVERRIDES.items():
         if param in req.query:
             headers[header] = req.query[param]
@@ -344,6 +347,24 @@ async def get_object(req, head: bool) -> Response:
     response.headers["Content-Type"] = headers["Content-Type"]
     response.headers["Content-Length"] = str(length)
     return response
+
+
+async def _part_span(fs: FileSystem, inode: Inode, value: str, headers: dict[str, str]) -> tuple[int, int] | None:
+    """GET/HEAD ?partNumber=N: the part's byte range (None: the whole object, part 1 of an
+    object not uploaded in parts); sets x-amz-mp-parts-count."""
+    if not value.isdigit() or not 1 <= int(value) <= 10000:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                      ArgumentName="partNumber", ArgumentValue=value)
+    layout = await Uploads(fs).layout(inode)
+    part = layout.part_range(int(value)) if layout is not None else None
+    if layout is None and value == "1":
+        return None
+    if part is None:
+        raise S3Error("InvalidPartNumber", PartNumberRequested=value,
+                      ActualPartCount=str(len(layout.sizes) if layout else 1))
+    headers["x-amz-mp-parts-count"] = str(len(layout.sizes))
+    first, size = part
+    return (first, first + size - 1) if size else None
 
 
 async def _stream(fs: FileSystem, ino: int, first: int, length: int):
@@ -382,7 +403,13 @@ async def _delete_one(req, bucket_ino: int, key: str) -> None:
         try:
             await fs.rmdir(ctx, chain[-1].ino, kp.name)
         except NotEmpty:
-            raise S3Error("DirectoryNotEmpty", Key=key) from None
+            # As on AWS, deleting the marker leaves the objects under it: the directory becomes
+            # implicit (removed with its last object) and loses the marker's metadata.
+            await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, {})
+            await fs.set_flags(ctx, inode.ino, inode.flags | FLAG_IMPLICIT_DIR)
+            chain, names = [*chain, inode], (*kp.parents, kp.name)
+            await mapping.remove_empty_implicit(fs, ctx, chain, names)  # emptied meanwhile?
+            return
     else:
         if not inode.is_reg:
             return  # no object of that name (a directory, or a symlink/device from the mount)
@@ -482,29 +509,12 @@ async def copy_object(req) -> Response:
     chain: list[Inode] = []
     created: list[Inode] = []
     try:
-        md5 = hashlib.md5()
-        hashers = {algorithm: checksums.make_hasher(algorithm) for algorithm in src_sums}
-        await fs.open(src.ino)
-        try:
-            pos = 0
-            while pos < src.size:
-                data = await fs.read(src.ino, pos, min(READ_CHUNK, src.size - pos))
-                if not data:
-                    raise S3Error("InternalError", "The source changed during the copy.")
-                await fs.write(ctx, ino, pos, data)
-                md5.update(data)
-                for hasher in hashers.values():
-                    hasher.update(data)
-                pos += len(data)
-        finally:
-            with trio.CancelScope(shield=True):
-                await fs.release(src.ino)
-        await fs.flush(ino)
+        md5, sums = await streams.copy_range(fs, ctx, src.ino, ino, 0, src.size, set(src_sums))
         version = (await fs.getattr(ino)).data_version
-        for algorithm, hasher in hashers.items():
-            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{hasher.b64()}".encode()
+        for algorithm, b64 in sums.items():
+            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
         chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
-        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5.digest(), xattrs=xattrs,
+        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs,
                          mtime_ns=mtime_ns)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -515,6 +525,5 @@ async def copy_object(req) -> Response:
             except Exception:
                 log.exception("cleaning up after a failed copy")
         raise
-    sums = {algorithm: hasher.b64() for algorithm, hasher in hashers.items()}
-    return xml(xmlio.render_copy_object(md5.hexdigest(), ns_datetime(mtime_ns), sums))
+    return xml(xmlio.render_copy_object(md5.hex(), ns_datetime(mtime_ns), sums))
 

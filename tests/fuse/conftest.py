@@ -71,6 +71,7 @@ class Mount:
             self.fsck()
 
     run = staticmethod(run)
+    cartridge_cli = CARTRIDGE
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -87,11 +88,23 @@ class Mount:
 
 
 @pytest.fixture
-def cartridge_mount(tmp_path):
-    m = Mount(tmp_path)
-    yield m
-    if m.proc is not None:
-        m.stop()
+def make_mount(tmp_path):
+    """Mount factory for tests that need other sizes or options; everything is unmounted after."""
+    made: list[Mount] = []
+
+    def make(blocks: int = 200_000, options: str = "s3=off") -> Mount:
+        made.append(Mount(tmp_path, blocks=blocks, options=options))
+        return made[-1]
+
+    yield make
+    for m in made:
+        if m.proc is not None:
+            m.stop()
+
+
+@pytest.fixture
+def cartridge_mount(make_mount):
+    return make_mount()
 
 
 @pytest.fixture

@@ -39,9 +39,8 @@ def test_remount_keeps_everything(cartridge_mount, tmp_path):
 
 
 @pytest.mark.slow
-def test_enospc_then_recover(tmp_path):
-    from conftest import Mount  # noqa: I001 - the fixture module of this directory
-    m = Mount(tmp_path, blocks=2048)  # 8 MiB
+def test_enospc_then_recover(make_mount):
+    m = make_mount(blocks=2048)  # 8 MiB
     mnt = m.start()
     r = subprocess.run(["dd", "if=/dev/urandom", f"of={mnt / 'big'}", "bs=1M", "count=32"],
                        capture_output=True, text=True, timeout=120)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import itertools
 import os
 import re
@@ -9,10 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 ACCESS_KEY = "AKIDCARTRIDGES3TEST"
 SECRET_KEY = "s3cr3t/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -21,44 +27,120 @@ _names = itertools.count()
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, cart: Path) -> None:
-        self.proc = proc
-        self.port = port
+    """A `cartridge-s3-server` process on `cart`; `stop()` checks that it shut down cleanly."""
+
+    def __init__(self, cart: Path, *args: str, blocks: int = 262144) -> None:
         self.cart = cart
+        env = dict(os.environ, CARTRIDGE_ACCESS_KEY=ACCESS_KEY, CARTRIDGE_SECRET_KEY=SECRET_KEY)
+        self.proc = subprocess.Popen(
+            [str(BIN / "cartridge-s3-server"), "--cartridge-path", str(cart), "--blocks",
+             str(blocks), "-P", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        port = None
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match[1])
+                break
+        if port is None:
+            self.proc.kill()
+            pytest.fail("server did not start:\n" + "".join(lines))
+        self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail("server did not stop on SIGTERM")
+        assert self.proc.returncode == 0, self.proc.stdout.read()
+
+    def client(self, host: str | None = None, **config):
+        """boto3 for this server (reached as `host`, by default 127.0.0.1), no retries."""
+        return client_for(self.url("", host), **config)
+
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or '127.0.0.1'}:{self.port}{path}"
+
+    @staticmethod
+    def sign(method: str, url: str, headers: dict | None = None, body: bytes = b"",
+             payload_hash: str | None = None) -> dict[str, str]:
+        """`headers` plus botocore's SigV4 headers for a request to `url`."""
+        request = AWSRequest(method, url, data=body, headers={
+            **(headers or {}),
+            "x-amz-content-sha256": payload_hash or hashlib.sha256(body).hexdigest()})
+        S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(request)
+        return dict(request.headers.items())
+
+    def request(self, method: str, url: str, body: bytes = b"", headers: dict | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        """One request signed by botocore (SigV4) for `url`, whose host may be any name (e.g.
+        a virtual-hosted bucket.domain): it is sent to this server with that Host header.
+        Returns (status, lower-cased headers, body)."""
+        return self.send(method, url, body, self.sign(method, url, headers, body))
+
+    def send(self, method: str, url: str, body: bytes = b"", headers: dict | None = None
+             ) -> tuple[int, dict[str, str], bytes]:
+        """`url`'s path and query sent to this server as they are, with Host from the URL."""
+        return raw_request(self.port, method, url, body, headers)
+
+
+def raw_request(port: int, method: str, url: str, body: bytes = b"",
+                headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send `url`'s path and query to 127.0.0.1:`port` with Host taken from the URL."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", parts.netloc)
+        for name, value in (headers or {}).items():
+            if name.lower() != "host":
+                connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
-    tmp = tmp_path_factory.mktemp("s3server")
-    cart = tmp / "storage.cart"
-    env = dict(os.environ, CARTRIDGE_ACCESS_KEY=ACCESS_KEY, CARTRIDGE_SECRET_KEY=SECRET_KEY)
-    proc = subprocess.Popen(
-        [str(BIN / "cartridge-s3-server"), "--cartridge-path", str(cart), "--blocks", "262144",
-         "-P", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    port = None
-    deadline = time.monotonic() + 30
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match[1])
-            break
-    if port is None:
-        proc.kill()
-        pytest.fail("server did not start:\n" + "".join(lines))
-    yield Server(proc, port, cart)
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("server did not stop on SIGTERM")
-    assert proc.returncode == 0, proc.stdout.read()
+    running = Server(tmp_path_factory.mktemp("s3server") / "storage.cart")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """Start (and finally stop) servers of its own on one fresh cartridge: `own_server(*args)`."""
+    started: list[Server] = []
+
+    def start(*args: str, blocks: int = 262144) -> Server:
+        started.append(Server(tmp_path / "own.cart", *args, blocks=blocks))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.stop()
+
+
+def client_for(endpoint: str, access: str = ACCESS_KEY, secret: str = SECRET_KEY, **config):
+    """boto3 for `endpoint` without retries (default configuration otherwise)."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=access, aws_secret_access_key=secret,
+                        config=Config(retries={"max_attempts": 1}, **config))
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +167,7 @@ def make_client(server):
     """A boto3 client with other credentials or configuration."""
 
     def make(access: str = ACCESS_KEY, secret: str = SECRET_KEY, **config):
-        return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                            aws_access_key_id=access, aws_secret_access_key=secret,
-                            config=Config(retries={"max_attempts": 1}, **config))
+        return client_for(server.endpoint, access, secret, **config)
 
     return make
 

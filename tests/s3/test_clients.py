@@ -64,11 +64,10 @@ def test_aws_cli(server, client_env, s3, tmp_path):
     assert out.read_bytes() == b"dot" and got["Metadata"]["k"] == "v"
     versions = json.loads(run(aws + ["s3api", "list-object-versions", "--bucket", "aws-cli"], client_env).stdout)
     assert len(versions["Versions"]) == len(files) + 2
-    # aws cli v1 presigns with SigV2 by default, which we refuse with a clear message ...
+    # aws cli v1 presigns with SigV2 by default ...
     url = run(aws + ["s3", "presign", "s3://aws-cli/single/a.txt"], client_env).stdout.strip()
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(url)
-    assert b"Signature Version 2 is not supported" in exc.value.read()
+    assert "Signature=" in url and "X-Amz-Signature" not in url
+    assert urllib.request.urlopen(url).read() == b"alpha"
     # ... and SigV4 when configured so (~/.aws/config: s3 = signature_version = s3v4).
     Path(client_env["AWS_CONFIG_FILE"]).write_text(
         "[default]\nregion = us-east-1\ns3 =\n    signature_version = s3v4\n")
@@ -112,6 +111,8 @@ def test_s3cmd(s3cmd, s3, tmp_path):
     assert "s3://s3cmd-bucket/tree/sub/b.bin" in listing
     run(s3cmd + ["sync", "s3://s3cmd-bucket/tree/", str(dst) + "/"])
     assert read_tree(dst) == files
+    url = run(s3cmd + ["signurl", "s3://s3cmd-bucket/one/a.txt", "+60"]).stdout.strip()
+    assert urllib.request.urlopen(url).read() == b"alpha"  # SigV2 query authentication
     run(s3cmd + ["del", "s3://s3cmd-bucket/one/a.txt"])
     run(s3cmd + ["del", "--recursive", "--force", "s3://s3cmd-bucket/tree/"])
     assert s3.list_objects_v2(Bucket="s3cmd-bucket")["KeyCount"] == 0

@@ -75,3 +75,20 @@ def test_unsupported_subresource(s3, bucket):
     with pytest.raises(ClientError) as exc:
         s3.get_bucket_acl(Bucket=bucket)
     assert code(exc) == "NotImplemented"
+
+
+@pytest.mark.parametrize("body", [
+    # billion laughs: entity expansion must not happen (nor take memory or time)
+    b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+    b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    b"<Delete><Object><Key>&c;</Key></Object></Delete>",
+    # an external entity must not be read
+    b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
+    b"<Delete><Object><Key>&x;</Key></Object></Delete>",
+])
+def test_delete_xml_entities_refused(server, credentials, s3, bucket, body):
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"x")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(_signed(server, credentials, "POST", f"/{bucket}?delete", body, {}))
+    assert exc.value.code == 400 and b"<Code>MalformedXML</Code>" in exc.value.read()
+    assert s3.get_object(Bucket=bucket, Key="keep")["Body"].read() == b"x"

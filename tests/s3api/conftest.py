@@ -45,7 +45,7 @@ class FakeS3:
         self.client = session.create_client(
             "s3", region_name="us-east-1", endpoint_url=endpoint,
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-            # Without signature_version, botocore presigns with SigV2 (see test_sigv2_refused).
+            # Without signature_version, botocore presigns with SigV2 (see test_sigv2.py).
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                           signature_version="s3v4"),
         )

@@ -8,7 +8,6 @@ import hmac
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-import botocore.session
 import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -278,16 +277,6 @@ def test_signing_key_matches_botocore():
     expected = auth.signature("string to sign", request)
     key = sigv4.signing_key(CREDS.secret_key, "20240102", "ap-south-1")
     assert hmac.new(key, b"string to sign", hashlib.sha256).hexdigest() == expected
-
-
-def test_sigv2_presigned_url_refused_clearly(secrets):
-    client = botocore.session.get_session().create_client(
-        "s3", region_name="us-east-1", endpoint_url="http://cartridge.test:9000",
-        aws_access_key_id="AKIDCARTRIDGETEST", aws_secret_access_key="x")
-    url = client.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
-    with pytest.raises(S3Error) as excinfo:
-        authenticate(_presigned(url), secrets)
-    assert _codes(excinfo) == "InvalidRequest" and "Version 2" in excinfo.value.message
 
 
 def test_date_header_instead_of_x_amz_date(secrets):
