@@ -91,10 +91,7 @@ def _on_engine(args, readonly: bool, local: Callable[[Engine], object], command:
 
 
 def cmd_info(args) -> int:
-    def local(engine: Engine) -> dict:
-        return {**control.jsonable(engine.info()), "uploads": UploadRecords(engine).usage_sync()}
-
-    info = _on_engine(args, True, local, "info")
+    info = _on_engine(args, True, control.full_info, "info")
     bs = info["block_size"]
     fuses = info["fuses"]
     lines = [
@@ -110,11 +107,8 @@ def cmd_info(args) -> int:
         f"s3_acl_mode={AclMode(fuses['s3_acl_mode']).name} s3_sse_mode={SseMode(fuses['s3_sse_mode']).name}",
         f"snapshots:    {len(info['snapshots'])}",
     ]
-    uploads = info.get("uploads")
-    if uploads is None:
-        lines.insert(-1, "uploads:      (not shown while the cartridge is in use)")
-    else:
-        lines.insert(-1, f"uploads:      {uploads['uploads']} unfinished multipart uploads, {uploads['parts']} parts, "
+    uploads = info["uploads"]
+    lines.insert(-1, f"uploads:      {uploads['uploads']} unfinished multipart uploads, {uploads['parts']} parts, "
                      f"{_fmt_bytes(uploads['bytes'])} in {uploads['blocks']} blocks")
     for snap in info["snapshots"]:
         lines.append(f"  {snap['name']}  (generation {snap['gen']}, {_when(snap['created_ns'])} UTC)")

@@ -19,8 +19,10 @@ from collections.abc import Callable
 
 import trio
 
+from .engine.store import Engine
 from .errors import CartridgeError, NotFound
 from .fs.filesystem import Change, FileSystem
+from .fs.multipart import UploadRecords
 
 log = logging.getLogger("cartridge.control")
 MAX_REQUEST = 64 * 1024
@@ -41,8 +43,13 @@ def _commands(fs: FileSystem) -> dict[str, Callable[..., object]]:
         "snapshot_delete": engine.snapshot_delete,
         "snapshot_restore": engine.snapshot_restore,
         "snapshot_list": lambda: jsonable(engine.info())["snapshots"],
-        "info": lambda: jsonable(engine.info()),
+        "info": lambda: full_info(engine),
     }
+
+
+def full_info(engine: Engine) -> dict:
+    """What `cartridge info` shows, in JSON types: the engine's figures and the open uploads."""
+    return {**jsonable(engine.info()), "uploads": UploadRecords(engine).usage_sync()}
 
 
 def jsonable(info: dict) -> dict:

@@ -13,22 +13,51 @@ from s3api.chunked import BodyVerifier, VerifiedBody
 from s3api.errors import S3Error
 
 READ_CHUNK = 1 << 20
+BODY_BATCH = 1 << 20  # bytes of request body verified and written at a time
 
 
 async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int | None = None) -> VerifiedBody:
     """Stream the request body through `verifier` into the open file `ino` from offset 0, then
     verify it and store what is still buffered. `flush_every`: store the buffered bytes each
-    time that many more arrived (default: the filesystem's own threshold)."""
+    time that many more arrived (default: the filesystem's own threshold).
+
+    Two tasks, so the network and the hashing overlap: one gathers the arriving bytes into
+    batches, the other verifies and hashes each batch in a worker thread (hashlib and zlib let
+    go of the GIL) and writes it. At most a few batches are in memory at a time.
+    """
     fs, ctx = req.fs, req.ctx
+    send, receive = trio.open_memory_channel(2)
+
+    async def gather() -> None:
+        async with send:
+            batch: list[bytes] = []
+            size = 0
+            async for chunk in req.chunks():
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= BODY_BATCH:
+                    await send.send(b"".join(batch))
+                    batch, size = [], 0
+            if batch:
+                await send.send(b"".join(batch))
+
     offset = flushed = 0
-    async for chunk in req.chunks():
-        payload = verifier.feed(chunk)
-        if payload:
-            await fs.write(ctx, ino, offset, payload)
-            offset += len(payload)
-            if flush_every is not None and offset - flushed >= flush_every:
-                await fs.flush(ino)
-                flushed = offset
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gather)
+            async with receive:
+                async for batch in receive:
+                    payload = await trio.to_thread.run_sync(verifier.feed, batch)
+                    if payload:
+                        await fs.write(ctx, ino, offset, payload)
+                        offset += len(payload)
+                        if flush_every is not None and offset - flushed >= flush_every:
+                            await fs.flush(ino)
+                            flushed = offset
+    except BaseExceptionGroup as group:  # one failing task: report its error as it is
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     body = verifier.finish()
     await fs.flush(ino)
     return body
@@ -44,7 +73,7 @@ async def copy_range(fs: FileSystem, ctx: Ctx, src: int, dst: int, first: int, l
     try:
         pos = 0
         while pos < length:
-            data = await fs.read(src, first + pos, min(READ_CHUNK, length - pos))
+            data = await fs.read(src, first + pos, min(READ_CHUNK, length - pos), streaming=True)
             if not data:
                 raise S3Error("InternalError", "The source changed during the copy.")
             await fs.write(ctx, dst, pos, data)

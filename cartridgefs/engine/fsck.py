@@ -125,7 +125,7 @@ class Fsck:
             self._walk_node("fs", ptr, b"", None)  # a snapshot root
         elif self.verify_data:
             try:
-                self.engine.read_extent(ptr)
+                self.engine.read_extent(ptr, cache=False)
             except CartridgeError as exc:
                 self.walk_problems.append(f"tree {tree}: data at block {ptr.block} for key {key!r}: {exc}")
 

@@ -305,13 +305,19 @@ class Engine:
             self.cache.put(key, node, BLOCK_SIZE + 64 * len(node.keys))
         return node
 
-    def read_extent(self, ptr: Ptr) -> bytes:
-        """The decoded bytes of an extent or spilled value (cached)."""
+    def read_extent(self, ptr: Ptr, cache: bool = True) -> bytes:
+        """The decoded bytes of an extent or spilled value.
+
+        `cache=False` for an extent read whole (a streaming reader will not come back for it):
+        it is served from the cache if there, but not added, so big sequential reads do not
+        push the cache's working set out or hold memory.
+        """
         key = (ptr.block, ptr.seal)
         data = self.cache.get(key)
         if data is None:
             data = decode_extent(ptr.codec, self._read(ptr), ptr.raw_len)
-            self.cache.put(key, data, len(data) + 64)
+            if cache:
+                self.cache.put(key, data, len(data) + 64)
         return data
 
     def _read(self, ptr: Ptr) -> bytes:

@@ -28,8 +28,13 @@ def overlapping(items_fn, ino: int, start: int, end: int) -> Iterator[Item]:
     yield from _items(items_fn(extent_key(ino, start), extent_key(ino, end), False))
 
 
-def read_range(engine: Engine, state: State, ino: int, start: int, size: int) -> bytearray:
-    """Bytes [start, start+size) of the file as stored (holes read as zeros)."""
+def read_range(
+    engine: Engine, state: State, ino: int, start: int, size: int, streaming: bool = False
+) -> bytearray:
+    """Bytes [start, start+size) of the file as stored (holes read as zeros).
+
+    Extents read whole, and every extent of a `streaming` read, are not added to the cache.
+    """
     out = bytearray(size)
     end = start + size
 
@@ -39,7 +44,8 @@ def read_range(engine: Engine, state: State, ino: int, start: int, size: int) ->
     for offset, length, ref in overlapping(items_fn, ino, start, end):
         skip, _ = decode_extent_extra(ref.extra)
         a, b = max(start, offset), min(end, offset + length)
-        data = engine.read_extent(ref.ptr)
+        whole = skip == 0 and a == offset and b - a == ref.ptr.raw_len
+        data = engine.read_extent(ref.ptr, cache=not (whole or streaming))
         out[a - start : b - start] = memoryview(data)[skip + a - offset : skip + b - offset]
     return out
 

@@ -551,14 +551,15 @@ class FileSystem:
 
         await self._meta(drop_if_orphan)
 
-    async def read(self, ino: int, offset: int, size: int) -> bytes:
+    async def read(self, ino: int, offset: int, size: int, streaming: bool = False) -> bytes:
+        """File bytes; `streaming` for a reader going through the file once (not cached)."""
         st = self._open.get(ino)
         if st is None:
-            return await self._read(ino, offset, size, None)
+            return await self._read(ino, offset, size, None, streaming)
         async with st.lock:
-            return await self._read(ino, offset, size, st)
+            return await self._read(ino, offset, size, st, streaming)
 
-    async def _read(self, ino: int, offset: int, size: int, st: _Open | None) -> bytes:
+    async def _read(self, ino: int, offset: int, size: int, st: _Open | None, streaming: bool) -> bytes:
         def op() -> bytes:
             with self.engine.reader() as state:
                 inode = self._inode(state, ino)
@@ -566,7 +567,7 @@ class FileSystem:
                     raise IsADirectory("is a directory")
                 file_size = st.size if st is not None and st.size is not None else inode.size
                 n = max(0, min(size, file_size - offset))
-                buf = data.read_range(self.engine, state, ino, offset, n) if n else bytearray()
+                buf = data.read_range(self.engine, state, ino, offset, n, streaming) if n else bytearray()
             if st is not None and st.dirty:
                 st.dirty.overlay(buf, offset)
             return bytes(buf)
@@ -670,7 +671,8 @@ class FileSystem:
                 current = self._inode(state, ino)
                 md5 = hashlib.md5()
                 for pos in range(0, current.size, READ_CHUNK):
-                    md5.update(data.read_range(self.engine, state, ino, pos, min(READ_CHUNK, current.size - pos)))
+                    md5.update(data.read_range(
+                        self.engine, state, ino, pos, min(READ_CHUNK, current.size - pos), streaming=True))
                 return current.data_version, md5.digest()
 
         version, digest = await self._blocking(compute)

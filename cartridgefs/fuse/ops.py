@@ -399,6 +399,9 @@ class Operations(pyfuse3.Operations):
         if found.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.fs.open(inode)
+        if flags & os.O_TRUNC and found.size:
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
+            await self.fs.setattr(Ctx(ctx.uid, ctx.gid, ORIGIN), inode, size=0)
         return pyfuse3.FileInfo(fh=inode)
 
     async def read(self, fh, off, size):

@@ -374,7 +374,7 @@ async def _stream(fs: FileSystem, ino: int, first: int, length: int):
     try:
         pos, end = first, first + length
         while pos < end:
-            data = await fs.read(ino, pos, min(READ_CHUNK, end - pos))
+            data = await fs.read(ino, pos, min(READ_CHUNK, end - pos), streaming=True)
             if not data:
                 raise RuntimeError(f"inode {ino} shrank while being sent")
             yield data

@@ -219,3 +219,18 @@ def test_renameat2_flags(mnt):
     assert (mnt / "a").read_text() == "B" and (mnt / "b").read_text() == "A"
     renameat2(mnt / "a", mnt / "c", 1)
     assert (mnt / "c").read_text() == "B" and not (mnt / "a").exists()
+
+
+def test_rewriting_a_file_truncates_it(cartridge_mount):
+    """open(O_TRUNC) (what `>`, editors and write_bytes do) drops the old content."""
+    mnt = cartridge_mount.start()
+    path = mnt / "notes.txt"
+    path.write_bytes(os.urandom(300_000))
+    path.write_bytes(b"short")
+    assert path.read_bytes() == b"short"
+    with open(path, "r+b") as f:  # no O_TRUNC: the rest stays
+        f.write(b"S")
+    assert path.read_bytes() == b"Short"
+    cartridge_mount.stop()
+    mnt = cartridge_mount.start()
+    assert (mnt / "notes.txt").read_bytes() == b"Short"

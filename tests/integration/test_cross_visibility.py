@@ -72,8 +72,6 @@ def test_mount_writes_show_over_s3(both, bucket):
     assert head["ETag"] == f'"{hashlib.md5(b"changed" + data[7:]).hexdigest()}"'
 
 
-@pytest.mark.xfail(strict=True, reason="cartridgefs/fuse/ops.py open() ignores O_TRUNC, which "
-                   "the kernel passes to it under FUSE_CAP_ATOMIC_O_TRUNC: the old tail stays")
 def test_mount_truncating_rewrite_shows_over_s3(both, bucket):
     path = both.mnt / bucket / "rewritten"
     path.write_bytes(os.urandom(300_000))
