@@ -155,6 +155,9 @@ def create_app(fs: FileSystem, settings: Settings) -> QuartTrio:
     return app
 
 
+_CHANGING_METHODS = frozenset({"PUT", "POST", "DELETE"})
+
+
 def _request_id() -> str:
     return secrets.token_hex(8).upper()
 
@@ -225,6 +228,10 @@ async def handle(app_state) -> Response:
             s3req = S3Request(method, bucket, key, query, headers, auth, request_id, fs, settings,
                               raw_headers=raw_headers)
             response = await route(s3req)
+            if method in _CHANGING_METHODS and response.status_code < 300:
+                # A success is a promise: what it changed is committed and synced first (concurrent
+                # requests share one commit).
+                await fs.durable()
         except CartridgeError as exc:
             log.info("request %s %s failed: %r", method, resource, exc)
             raise from_cartridge_error(exc, bucket=bucket, key=key) from exc

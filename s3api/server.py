@@ -14,6 +14,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from cartridgefs import control
 from cartridgefs.engine.store import Engine
 from cartridgefs.errors import CartridgeError, InvalidArgument
 from cartridgefs.fs.filesystem import FileSystem
@@ -93,6 +94,7 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
             if show:
                 print(f"access key: {access}\nsecret key: {secret}", flush=True)
             nursery.start_soon(commit_loop, fs)
+            nursery.start_soon(control.serve, fs, engine.dev.path)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)

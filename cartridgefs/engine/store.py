@@ -471,10 +471,20 @@ class Engine:
     def needs_commit(self) -> bool:
         return self.state.ops >= COMMIT_OPS
 
+    @property
+    def sync_target(self) -> int:
+        """The generation that holds everything published so far (it may be being written)."""
+        state = self.state
+        return state.gen if state.dirty else state.gen - 1
+
     def sync(self, force: bool = False) -> int:
-        """Make everything published so far durable (group commit); returns the durable generation."""
-        target = self.state.gen
-        if self.readonly or (not force and not self.state.dirty):
+        """Make everything published so far durable (group commit); returns the durable generation.
+
+        A commit already writing the generation we need is waited for, not repeated; callers
+        arriving while a commit writes share the next one.
+        """
+        target = self.sync_target
+        if self.readonly or (not force and self.durable_gen >= target):
             return self.durable_gen
         with self._commit:
             if self.durable_gen >= target and not force:

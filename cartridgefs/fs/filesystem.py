@@ -55,6 +55,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 XATTR_MAX = 64 * 1024
 FLUSH_AT = 8 * 1024 * 1024  # dirty bytes of one file that trigger a flush
+INLINE_FLUSH_MAX = 64 * 1024  # smaller flushes run on the loop thread when the writer lock is free
 READ_CHUNK = 1024 * 1024
 
 
@@ -606,6 +607,11 @@ class FileSystem:
             await self.flush(i)
         await self._blocking(self.engine.sync)
 
+    async def durable(self) -> None:
+        """Return once everything published so far is committed and synced (group commit)."""
+        if self.engine.durable_gen < self.engine.sync_target:
+            await self._blocking(self.engine.sync)
+
     async def flush_all(self) -> None:
         """Flush every open file; one failing file does not stop the others (first error raised)."""
         error: BaseException | None = None
@@ -647,7 +653,16 @@ class FileSystem:
                 raise
 
         try:
-            await self._blocking(op)
+            # Small files (the common case of create/write/close) skip the thread hop, which costs
+            # more than storing a few KiB; like `_meta`, only when no commit holds the lock.
+            small = sum(len(chunk) for _, chunk in ranges) <= INLINE_FLUSH_MAX
+            if small and self.engine._writer.acquire(blocking=False):
+                try:
+                    op()
+                finally:
+                    self.engine._writer.release()
+            else:
+                await self._blocking(op)
         except BaseException:
             # Nothing was stored: put the data back under any bytes written since (newer wins).
             newer = st.dirty.take()
