@@ -83,7 +83,7 @@ async def serve(fs: FileSystem, cartridge: str) -> None:
             answer = await _answer(commands, raw)
             if answer["ok"] and answer.pop("changed_all", False):
                 # After a restore anything may differ: the mount drops what the kernel cached.
-                fs.emit(Change("control"))
+                await fs.emit(Change("control"))
             await stream.send_all(json.dumps(answer).encode() + b"\n")
 
     try:

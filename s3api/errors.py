@@ -42,6 +42,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "InvalidArgument": (400, "Invalid Argument"),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+    "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
     "InvalidPart": (
         400,
         "One or more of the specified parts could not be found. The part may not have been "

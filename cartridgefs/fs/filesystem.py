@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -98,7 +98,7 @@ class FileSystem:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.listeners: list[Callable[[Change], None]] = []
+        self.listeners: list[Callable[[Change], Awaitable[None]]] = []
         self._open: dict[int, _Open] = {}
         self._limiter = trio.CapacityLimiter(4)
         if not engine.readonly:
@@ -124,11 +124,12 @@ class FileSystem:
     async def _blocking(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
-    def emit(self, change: Change) -> None:
-        """Tell the listeners about a change (`Change(origin)` with no inode and no name means
-        anything may have changed, as after a snapshot restore)."""
+    async def emit(self, change: Change) -> None:
+        """Tell the listeners about a change and wait for them (the FUSE side invalidates the
+        kernel's caches, so an S3 answer that follows never meets stale names or bytes).
+        `Change(origin)` with no inode and no name means anything may have changed."""
         for listener in self.listeners:
-            listener(change)
+            await listener(change)
 
     # --- set-up ---
 
@@ -266,27 +267,33 @@ class FileSystem:
             if target is not None:
                 t.put("fs", symlink_key(child.ino), target)
             self._add_entry(t, pdir, name, child, now)
-        self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        return child
+
+    async def _make_named(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0,
+                          target: bytes | None = None, flags: int = 0) -> Inode:
+        """`_make` as one transaction, then the change notification (on the loop thread)."""
+        child = await self._meta(self._make, ctx, parent, name, mode, rdev, target, flags)
+        await self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
         return child
 
     async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int = 0o755, flags: int = 0) -> Inode:
-        return await self._meta(self._make, ctx, parent, name, stat.S_IFDIR | (mode & 0o7777), 0, None, flags)
+        return await self._make_named(ctx, parent, name, stat.S_IFDIR | (mode & 0o7777), 0, None, flags)
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0) -> Inode:
         if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             raise InvalidArgument("mknod makes files, fifos, sockets and devices")
         if not stat.S_IFMT(mode):
             mode |= stat.S_IFREG
-        return await self._meta(self._make, ctx, parent, name, mode, rdev)
+        return await self._make_named(ctx, parent, name, mode, rdev)
 
     async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int = 0o644) -> Inode:
         """A new empty regular file (EEXIST when the name exists)."""
-        return await self._meta(self._make, ctx, parent, name, stat.S_IFREG | (mode & 0o7777))
+        return await self._make_named(ctx, parent, name, stat.S_IFREG | (mode & 0o7777))
 
     async def symlink(self, ctx: Ctx, parent: int, name: bytes, target: bytes) -> Inode:
         if not target or len(target) > 4095 or b"\0" in target:
             raise InvalidArgument("invalid symlink target")
-        return await self._meta(self._make, ctx, parent, name, stat.S_IFLNK | 0o777, 0, target)
+        return await self._make_named(ctx, parent, name, stat.S_IFLNK | 0o777, 0, target)
 
     async def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Inode:
         def op() -> Inode:
@@ -306,7 +313,7 @@ class FileSystem:
                 return inode
 
         inode = await self._meta(op)
-        self.emit(Change(ctx.origin, ino=ino, parent=new_parent, name=new_name))
+        await self.emit(Change(ctx.origin, ino=ino, parent=new_parent, name=new_name))
         return self._with_open_state(inode)
 
     def _unlink_inode(self, t: Txn, inode: Inode, now: int) -> None:
@@ -350,17 +357,17 @@ class FileSystem:
 
     async def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, False)
-        self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
 
     async def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, True)
-        self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
 
     async def rename(self, ctx: Ctx, old_parent: int, old_name: bytes, new_parent: int,
                      new_name: bytes, flags: int = 0) -> None:
         await self._meta(self._rename, old_parent, old_name, new_parent, new_name, flags)
-        self.emit(Change(ctx.origin, ino=old_parent, parent=old_parent, name=old_name))
-        self.emit(Change(ctx.origin, ino=new_parent, parent=new_parent, name=new_name))
+        await self.emit(Change(ctx.origin, ino=old_parent, parent=old_parent, name=old_name))
+        await self.emit(Change(ctx.origin, ino=new_parent, parent=new_parent, name=new_name))
 
     def _rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         check_name(new_name)
@@ -451,7 +458,7 @@ class FileSystem:
             if st is not None and mtime_ns is not None:
                 st.mtime_ns = None  # an explicit time wins over the time of buffered writes
             inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
         return self._with_open_state(inode)
 
     def _setattr(self, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns) -> Inode:
@@ -501,7 +508,7 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
 
         await self._meta(op)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
 
     async def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
         def op() -> None:
@@ -512,7 +519,7 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(ctime_ns=_now()).encode())
 
         await self._meta(op)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
 
     # --- file contents ---
 
@@ -591,7 +598,7 @@ class FileSystem:
             st.mtime_ns = _now()
             if st.dirty.nbytes >= FLUSH_AT:
                 await self._flush_locked(ino, st)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
         return len(payload)
 
     async def flush(self, ino: int) -> None:
@@ -736,7 +743,7 @@ class FileSystem:
 
         await self._meta(op)
         await self.release(ino)
-        self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        await self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
 
     def name_unlinked(self, t: Txn, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
                       xattrs: dict[bytes, bytes] | None = None, mtime_ns: int | None = None) -> None:
@@ -782,7 +789,7 @@ class FileSystem:
                 t.put("fs", inode_key(ino), inode.changed(**fields).encode())
 
         await self._meta(op)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
 
     async def set_flags(self, ctx: Ctx, ino: int, flags: int) -> Inode:
         """Set the inode's `flags` word (e.g. clear FLAG_IMPLICIT_DIR when S3 makes a directory
@@ -795,7 +802,7 @@ class FileSystem:
                 return inode
 
         inode = await self._meta(op)
-        self.emit(Change(ctx.origin, ino=ino))
+        await self.emit(Change(ctx.origin, ino=ino))
         return inode
 
     async def get_setting(self, key: bytes) -> bytes | None:

@@ -446,7 +446,7 @@ class Uploads(UploadRecords):
                 return assembly
 
         assembly = await self._heavy(op)
-        self.fs.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        await self.fs.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
         return assembly
 
     def _move_extents(self, t: Txn, src: int, dst: int, base: int) -> None:

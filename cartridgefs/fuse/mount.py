@@ -145,7 +145,6 @@ async def serve(
                         return
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(ops.invalidation_task)
             nursery.start_soon(_commit_loop, fs)
             nursery.start_soon(_set_read_ahead, ops, os.path.abspath(mountpoint))
             for task in extra or ():

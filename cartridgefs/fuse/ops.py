@@ -86,6 +86,9 @@ def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
+INVALIDATE_TIMEOUT = 5.0  # seconds an invalidation may take before we stop waiting
+
+
 @_wrap_all
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
@@ -98,8 +101,7 @@ class Operations(pyfuse3.Operations):
         self._slots: dict[str, int] = {}  # snapshot name -> slot
         self._names: dict[int, str] = {}  # slot -> snapshot name
         self._views: dict[int, FsView] = {}
-        self._inval_send, self._inval_recv = trio.open_memory_channel(10_000)
-        self._known: set[int] = set()
+        self._known: set[int] = set()  # inodes the kernel was told about and not yet forgot
         self.initialised = trio.Event()  # set once the kernel's FUSE_INIT is answered
         fs.listeners.append(self._on_change)
 
@@ -180,28 +182,38 @@ class Operations(pyfuse3.Operations):
 
     # --- change notifications from the other side (S3) ---
 
-    def _on_change(self, change: Change) -> None:
+    async def _on_change(self, change: Change) -> None:
+        """Make the kernel forget what a change by another side (S3, a restore) made stale.
+
+        Awaited by the filesystem before the change's caller gets its answer, so nothing read
+        through the mount afterwards is stale. Only what the kernel may hold is invalidated
+        (inodes it was told about); the synchronous pyfuse3 calls run in a worker thread,
+        never inside a FUSE request handler, so they cannot deadlock with one.
+        """
         if change.origin == ORIGIN:
             return
-        try:
-            self._inval_send.send_nowait(change)
-        except trio.WouldBlock:
-            log.warning("kernel cache invalidation queue full; dropping %s", change)
-
-    async def invalidation_task(self) -> None:
-        """Forward changes made by others to the kernel (run in the serving nursery)."""
-        async for change in self._inval_recv:
+        if change.ino is None and change.parent is None:  # anything may have changed
+            stale = list(self._known)
+        else:
+            stale = [change.ino] if change.ino in self._known else []
+        entry = change.parent in self._known and change.name is not None
+        if not stale and not entry:
+            return
+        with trio.move_on_after(INVALIDATE_TIMEOUT):
             try:
-                if change.ino is None and change.parent is None:  # anything may have changed
-                    for ino in list(self._known):
-                        await trio.to_thread.run_sync(self._invalidate_inode, ino)
-                if change.parent is not None and change.name is not None:
-                    await pyfuse3.invalidate_entry_async(change.parent, change.name,
-                                                         ignore_enoent=True)
-                if change.ino is not None:
-                    await trio.to_thread.run_sync(self._invalidate_inode, change.ino)
+                await trio.to_thread.run_sync(self._invalidate, change, stale, abandon_on_cancel=True)
             except Exception as exc:  # never let a cache hint take the mount down
                 log.debug("invalidation of %s failed: %s", change, exc)
+
+    def _invalidate(self, change: Change, stale: list[int]) -> None:
+        if change.parent in self._known and change.name is not None:
+            try:
+                pyfuse3.invalidate_entry(change.parent, change.name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # the kernel did not have that name cached
+                    raise
+        for ino in stale:
+            self._invalidate_inode(ino)
 
     @staticmethod
     def _invalidate_inode(ino: int) -> None:
@@ -481,5 +493,6 @@ class Operations(pyfuse3.Operations):
         await self.fs.removexattr(_ctx(ctx), ino, name)
 
     async def forget(self, inode_list):
-        return None
+        for ino, _nlookup in inode_list:  # the kernel dropped the inode: nothing to invalidate
+            self._known.discard(ino)
 

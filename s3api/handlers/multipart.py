@@ -24,7 +24,7 @@ from cartridgefs.fs.multipart import (
 )
 from s3api import checksums, mapping, streams, xmlio
 from s3api.chunked import BodyVerifier
-from s3api.errors import CATALOGUE, S3Error
+from s3api.errors import S3Error
 from s3api.handlers.buckets import OWNER, empty, ns_datetime, xml
 from s3api.handlers.objects import (
     _copy_source,
@@ -41,8 +41,6 @@ MAX_LIST = 1000
 PART_FLUSH = 1 << 20  # a part is stored as it arrives, 1 MiB at a time
 _COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 
-# TODO(errors.py owner): move into CATALOGUE; registered here so GET ?partNumber can answer it.
-CATALOGUE.setdefault("InvalidPartNumber", (416, "The requested partnumber is not satisfiable"))
 
 
 def _uploads(req) -> Uploads:

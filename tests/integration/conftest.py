@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
 import sys
 import time
@@ -18,7 +17,6 @@ from botocore.config import Config
 ACCESS_KEY = "AKIDCARTRIDGEXVIS"
 SECRET_KEY = "cr0ss/v1s1b1l1tySECRETKEYEXAMPLE"
 BIN = Path(sys.executable).parent
-FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
 
 def _fuse_helpers():
@@ -67,8 +65,6 @@ class Both:
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    if not FUSE:
-        pytest.skip("FUSE is not available")
     tmp = tmp_path_factory.mktemp("both")
     port = free_port()
     previous = {name: os.environ.get(name) for name in ("CARTRIDGE_ACCESS_KEY", "CARTRIDGE_SECRET_KEY")}

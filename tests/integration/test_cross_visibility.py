@@ -43,9 +43,6 @@ def test_s3_writes_show_in_the_mount(both, bucket):
     assert not (both.mnt / bucket / "docs").exists()  # the implicit directory went with it
 
 
-@pytest.mark.xfail(reason="cartridgefs/fuse queues kernel-cache invalidations and sends them after "
-                   "the S3 response: a cached dentry still names the replaced inode (ENOENT) "
-                   "or its old attributes", raises=(AssertionError, FileNotFoundError))
 def test_s3_overwrite_shows_in_the_mount_at_once(both, bucket):
     path = both.mnt / bucket / "a.txt"
     both.s3.put_object(Bucket=bucket, Key="a.txt", Body=b"first version")

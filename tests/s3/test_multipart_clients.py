@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import boto3
-import pytest
 from test_multipart import complete, multipart_etag, upload
 
 BIN = Path(sys.executable).parent
@@ -120,8 +118,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-                    reason="FUSE is not available")
 def test_completed_object_through_the_mount(tmp_path, credentials):
     cart, mnt = tmp_path / "m.cart", tmp_path / "mnt"
     mnt.mkdir()
