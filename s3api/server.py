@@ -23,7 +23,6 @@ from s3api.app import BODY_TIMEOUT, Settings, create_app
 
 log = logging.getLogger(__name__)
 
-COMMIT_INTERVAL = 2.0
 _ACCESS_SETTING = b"s3.access_key"
 _SECRET_SETTING = b"s3.secret_key"
 
@@ -45,18 +44,6 @@ async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(hypercorn_serve, app, config))
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
-
-
-async def commit_loop(fs: FileSystem, interval: float = COMMIT_INTERVAL) -> None:
-    """Make buffered writes durable every `interval` seconds."""
-    while True:
-        await trio.sleep(interval)
-        try:
-            await fs.flush_all()
-            if fs.engine.state.dirty:
-                await trio.to_thread.run_sync(fs.engine.sync)
-        except CartridgeError as exc:
-            log.error("periodic commit failed: %s", exc)
 
 
 async def credentials(fs: FileSystem, access_key: str | None, secret_key: str | None) -> tuple[str, str, bool]:
@@ -93,7 +80,7 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
             print(f"cartridge S3 endpoint listening on http://{shown_host}:{bound}", flush=True)
             if show:
                 print(f"access key: {access}\nsecret key: {secret}", flush=True)
-            nursery.start_soon(commit_loop, fs)
+            nursery.start_soon(fs.commit_periodically)
             nursery.start_soon(control.serve, fs, engine.dev.path)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

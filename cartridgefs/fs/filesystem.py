@@ -10,6 +10,7 @@ I/O, compression, encryption, hashing) and every commit runs in a worker thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,10 @@ XATTR_MAX = 64 * 1024
 FLUSH_AT = 8 * 1024 * 1024  # dirty bytes of one file that trigger a flush
 INLINE_FLUSH_MAX = 64 * 1024  # smaller flushes run on the loop thread when the writer lock is free
 READ_CHUNK = 1024 * 1024
+COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
+COMMIT_POLL = 0.25
+
+log = logging.getLogger("cartridge.fs")
 
 
 @dataclass(frozen=True)
@@ -618,6 +623,27 @@ class FileSystem:
         """Return once everything published so far is committed and synced (group commit)."""
         if self.engine.durable_gen < self.engine.sync_target:
             await self._blocking(self.engine.sync)
+
+    async def commit_periodically(self, interval: float = COMMIT_INTERVAL) -> None:
+        """Run by a server: store buffered data and commit every `interval` s (sooner when many
+        changes wait), so nothing unsynced is older than that."""
+        engine = self.engine
+        last = time.monotonic()
+        while True:
+            await trio.sleep(COMMIT_POLL)
+            if engine.readonly:
+                continue
+            if time.monotonic() - last < interval and not engine.needs_commit:
+                continue
+            last = time.monotonic()
+            try:
+                await self.flush_all()
+            except Exception as exc:  # e.g. ENOSPC for one file: still commit everything else
+                log.warning("periodic flush: %s", exc)
+            try:
+                await self.durable()
+            except Exception:
+                log.exception("periodic commit failed")
 
     async def flush_all(self) -> None:
         """Flush every open file; one failing file does not stop the others (first error raised)."""

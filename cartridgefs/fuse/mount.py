@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -17,8 +16,6 @@ from .ops import AttrPolicy, Operations
 
 log = logging.getLogger(__name__)
 
-COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
-POLL_INTERVAL = 0.25
 READ_AHEAD_KB = 1024  # the mount's kernel read-ahead (at the default 128 KiB reads are ~3x slower)
 
 
@@ -48,28 +45,6 @@ class MountOptions:
         if self.debug:
             opts.add("debug")
         return opts
-
-
-async def _commit_loop(fs: FileSystem, interval: float = COMMIT_INTERVAL) -> None:
-    """Flush buffered file data and commit every `interval` s (sooner when many ops queue up)."""
-    engine = fs.engine
-    last = time.monotonic()
-    while True:
-        await trio.sleep(POLL_INTERVAL)
-        if engine.readonly:
-            continue
-        if time.monotonic() - last < interval and not engine.needs_commit:
-            continue
-        last = time.monotonic()
-        try:
-            await fs.flush_all()
-        except Exception as exc:  # e.g. ENOSPC for one file: still commit everything else
-            log.warning("periodic flush: %s", exc)
-        try:
-            if engine.state.dirty:
-                await trio.to_thread.run_sync(engine.sync)
-        except Exception:
-            log.exception("periodic commit failed")
 
 
 def _mount_device(mountpoint: str) -> str | None:
@@ -145,7 +120,7 @@ async def serve(
                         return
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(_commit_loop, fs)
+            nursery.start_soon(fs.commit_periodically)
             nursery.start_soon(_set_read_ahead, ops, os.path.abspath(mountpoint))
             for task in extra or ():
                 nursery.start_soon(task)

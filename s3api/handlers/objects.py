@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import unquote
@@ -225,7 +226,7 @@ def _declared_size(headers: dict[str, str]) -> None:
 
 
 async def put_object(req) -> Response:
-    fs, ctx = req.fs, req.ctx
+    fs = req.fs
     bucket = await mapping.bucket_inode(fs, req.bucket)
     kp = mapping.key_path(req.key)
     _declared_size(req.headers)
@@ -254,29 +255,14 @@ async def put_object(req) -> Response:
     await check_existing()
     if kp.is_directory:
         return await _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns)
-    ino = await fs.create_unlinked(ctx)
-    chain: list[Inode] = []
-    created: list[Inode] = []
-    try:
-        body = await streams.receive_body(req, ino, verifier)
-        version = (await fs.getattr(ino)).data_version
-        for algorithm, b64 in body.checksums.items():
-            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
-        await check_existing()
-        chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
-        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=bytes.fromhex(body.md5_hex),
-                         xattrs=xattrs, mtime_ns=mtime_ns)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            try:
-                await fs.discard_unlinked(ino)
-                if created:
-                    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
-            except Exception:
-                log.exception("cleaning up after a failed PUT")
-        raise
-    headers = {"ETag": f'"{body.md5_hex}"'}
-    for algorithm, b64 in body.checksums.items():
+
+    async def receive(ino: int) -> tuple[bytes, dict[str, str]]:
+        received = await streams.receive_body(req, ino, verifier)
+        return bytes.fromhex(received.md5_hex), received.checksums
+
+    md5, sums = await _write_object(req, bucket, kp, xattrs, mtime_ns, receive, check_existing)
+    headers = {"ETag": f'"{md5.hex()}"'}
+    for algorithm, b64 in sums.items():
         headers[checksums.header_name(algorithm)] = b64
     return empty(200, headers)
 
@@ -505,17 +491,32 @@ async def copy_object(req) -> Response:
         await fs.replace_xattrs(ctx, src.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
         return xml(xmlio.render_copy_object(src_etag, ns_datetime(mtime_ns)))
 
+    async def copy(ino: int) -> tuple[bytes, dict[str, str]]:
+        return await streams.copy_range(fs, ctx, src.ino, ino, 0, src.size, set(src_sums))
+
+    md5, sums = await _write_object(req, bucket, kp, xattrs, mtime_ns, copy)
+    return xml(xmlio.render_copy_object(md5.hex(), ns_datetime(mtime_ns), sums))
+
+
+async def _write_object(req, bucket: Inode, kp, xattrs: dict[bytes, bytes], mtime_ns: int | None,
+                        fill: Callable[[int], Awaitable[tuple[bytes, dict[str, str]]]],
+                        recheck: Callable[[], Awaitable[None]] | None = None) -> tuple[bytes, dict[str, str]]:
+    """A new object: `fill` writes a fresh nameless file (returning its MD5 and checksums), then
+    it replaces the key atomically. On any failure or disconnect nothing stays behind: not the
+    file, nor parent directories made for it."""
+    fs, ctx = req.fs, req.ctx
     ino = await fs.create_unlinked(ctx)
     chain: list[Inode] = []
     created: list[Inode] = []
     try:
-        md5, sums = await streams.copy_range(fs, ctx, src.ino, ino, 0, src.size, set(src_sums))
+        md5, sums = await fill(ino)
         version = (await fs.getattr(ino)).data_version
         for algorithm, b64 in sums.items():
             xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
+        if recheck is not None:
+            await recheck()
         chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
-        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs,
-                         mtime_ns=mtime_ns)
+        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs, mtime_ns=mtime_ns)
     except BaseException:
         with trio.CancelScope(shield=True):
             try:
@@ -523,7 +524,6 @@ async def copy_object(req) -> Response:
                 if created:
                     await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
             except Exception:
-                log.exception("cleaning up after a failed copy")
+                log.exception("cleaning up after a failed %s", req.method)
         raise
-    return xml(xmlio.render_copy_object(md5.hex(), ns_datetime(mtime_ns), sums))
-
+    return md5, sums
