@@ -200,20 +200,20 @@ class FileSystem:
 
     async def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[tuple[bytes, Inode, int]]:
         """Entries after readdir offset `after`: (name, inode, offset of this entry)."""
-        return self.view().readdir_state(None, ino, after, limit)
+        return self.view().readdir(ino, after, limit)
 
     async def listdir_sorted(self, ino: int, start_after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, DirEntry]]:
         """Entries in name (byte) order after `start_after`, for S3 listings."""
-        return self.view().listdir_sorted_state(None, ino, start_after, limit)
+        return self.view().listdir_sorted(ino, start_after, limit)
 
     async def readlink(self, ino: int) -> bytes:
-        return self.view().readlink_state(None, ino)
+        return self.view().readlink(ino)
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        return self.view().getxattr_state(None, ino, name)
+        return self.view().getxattr(ino, name)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        return self.view().listxattr_state(None, ino)
+        return self.view().listxattr(ino)
 
     async def resolve(self, names: list[bytes], start: int = ROOT_INO) -> Inode:
         """Follow a path of names (no symlink resolution) from `start`."""
@@ -876,12 +876,12 @@ class FsView:
     def _state(self):
         return self.fs.engine.reader(self.snapshot)
 
-    def getattr_state(self, ino: int) -> Inode:
+    def getattr(self, ino: int) -> Inode:
         with self._state() as state:
             inode = self.fs._inode(state, ino)
         return inode if self.snapshot else self.fs._with_open_state(inode)
 
-    def lookup_state(self, parent: int, name: bytes) -> Inode:
+    def lookup(self, parent: int, name: bytes) -> Inode:
         with self._state() as state:
             self.fs._dir(state, parent)
             entry = self.fs._entry(state, parent, name)
@@ -890,7 +890,7 @@ class FsView:
             inode = self.fs._inode(state, entry.ino)
         return inode if self.snapshot else self.fs._with_open_state(inode)
 
-    def readdir_state(self, _unused, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
+    def readdir(self, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
         fs = self.fs
         out = []
         with self._state() as state:
@@ -907,7 +907,7 @@ class FsView:
                     break
         return out
 
-    def listdir_sorted_state(self, _unused, ino: int, start_after: bytes, limit: int) -> list[tuple[bytes, DirEntry]]:
+    def listdir_sorted(self, ino: int, start_after: bytes, limit: int) -> list[tuple[bytes, DirEntry]]:
         fs = self.fs
         out = []
         with self._state() as state:
@@ -919,7 +919,7 @@ class FsView:
                     break
         return out
 
-    def readlink_state(self, _unused, ino: int) -> bytes:
+    def readlink(self, ino: int) -> bytes:
         with self._state() as state:
             inode = self.fs._inode(state, ino)
             if not inode.is_link:
@@ -928,7 +928,7 @@ class FsView:
         assert isinstance(target, bytes)
         return target
 
-    def getxattr_state(self, _unused, ino: int, name: bytes) -> bytes:
+    def getxattr(self, ino: int, name: bytes) -> bytes:
         with self._state() as state:
             self.fs._inode(state, ino)
             value = self.fs.engine.get(state, "fs", xattr_key(ino, name))
@@ -937,13 +937,13 @@ class FsView:
         assert isinstance(value, bytes)
         return value
 
-    def listxattr_state(self, _unused, ino: int) -> list[bytes]:
+    def listxattr(self, ino: int) -> list[bytes]:
         with self._state() as state:
             self.fs._inode(state, ino)
             prefix = xattr_prefix(ino)
             return [key[len(prefix):] for key, _ in self.fs.engine.items(state, "fs", prefix, next_prefix(prefix))]
 
-    def read_state(self, ino: int, offset: int, size: int) -> bytes:
+    def read(self, ino: int, offset: int, size: int) -> bytes:
         with self._state() as state:
             inode = self.fs._inode(state, ino)
             n = max(0, min(size, inode.size - offset))

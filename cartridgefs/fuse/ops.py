@@ -235,7 +235,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             slot = self._slot_for(name.decode(errors="surrogateescape"))
             view = self._views[slot]
-            inode = await self._thread(view.getattr_state, ROOT_INO)
+            inode = await self._thread(view.getattr, ROOT_INO)
             return self._entry(inode, slot << SHIFT | ROOT_INO, readonly=True)
         if parent_inode == ROOT_INO and name == SNAPDIR_NAME:
             return self._snapdir_entry()
@@ -250,14 +250,14 @@ class Operations(pyfuse3.Operations):
             return self._entry(inode, inode.ino)
         slot = parent_inode >> SHIFT
         if name == b".":
-            inode = await self._thread(view.getattr_state, ino)
+            inode = await self._thread(view.getattr, ino)
         elif name == b"..":
             if ino == ROOT_INO:
                 return self._snapdir_entry()
-            parent = (await self._thread(view.getattr_state, ino)).parent or ROOT_INO
-            inode = await self._thread(view.getattr_state, parent)
+            parent = (await self._thread(view.getattr, ino)).parent or ROOT_INO
+            inode = await self._thread(view.getattr, parent)
         else:
-            inode = await self._thread(view.lookup_state, ino, name)
+            inode = await self._thread(view.lookup, ino, name)
         return self._entry(inode, slot << SHIFT | inode.ino, readonly=True)
 
     async def getattr(self, inode, ctx=None):
@@ -266,7 +266,7 @@ class Operations(pyfuse3.Operations):
         view, ino = self._split(inode)
         if view is None:
             return self._entry(await self.fs.getattr(ino), ino)
-        return self._entry(await self._thread(view.getattr_state, ino), inode, readonly=True)
+        return self._entry(await self._thread(view.getattr, ino), inode, readonly=True)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         ino = self._writable(inode)
@@ -301,7 +301,7 @@ class Operations(pyfuse3.Operations):
             if view is None:
                 inode_obj = await self.fs.getattr(ino)
             else:
-                inode_obj = await self._thread(view.getattr_state, ino)
+                inode_obj = await self._thread(view.getattr, ino)
             if not inode_obj.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
@@ -318,7 +318,7 @@ class Operations(pyfuse3.Operations):
                 slot = self._slots[name]
                 if slot <= start_id:
                     continue
-                inode = await self._thread(self._views[slot].getattr_state, ROOT_INO)
+                inode = await self._thread(self._views[slot].getattr, ROOT_INO)
                 attr = self._entry(inode, slot << SHIFT | ROOT_INO, readonly=True)
                 if not pyfuse3.readdir_reply(token, name.encode(errors="surrogateescape"), attr, slot):
                     return
@@ -330,7 +330,7 @@ class Operations(pyfuse3.Operations):
             if view is None:
                 batch = await self.fs.readdir(ino, after, 256)
             else:
-                batch = await self._thread(view.readdir_state, None, ino, after, 256)
+                batch = await self._thread(view.readdir, ino, after, 256)
             if not batch:
                 return
             for name, inode, offset in batch:
@@ -383,7 +383,7 @@ class Operations(pyfuse3.Operations):
         view, ino = self._split(inode)
         if view is None:
             return await self.fs.readlink(ino)
-        return await self._thread(view.readlink_state, None, ino)
+        return await self._thread(view.readlink, ino)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         parent = self._writable_parent(parent_inode, name)
@@ -419,7 +419,7 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         if fh >> SHIFT:
             view, ino = self._split(fh)
-            return await self._thread(view.read_state, ino, off, size)
+            return await self._thread(view.read, ino, off, size)
         return await self.fs.read(fh, off, size)
 
     async def write(self, fh, off, buf):
@@ -469,7 +469,7 @@ class Operations(pyfuse3.Operations):
         view, ino = self._split(inode)
         if view is None:
             return await self.fs.getxattr(ino, name)
-        return await self._thread(view.getxattr_state, None, ino, name)
+        return await self._thread(view.getxattr, ino, name)
 
     async def listxattr(self, inode, ctx):
         if inode == SNAPDIR_INO:
@@ -478,7 +478,7 @@ class Operations(pyfuse3.Operations):
         if view is None:
             names = await self.fs.listxattr(ino)
         else:
-            names = await self._thread(view.listxattr_state, None, ino)
+            names = await self._thread(view.listxattr, ino)
         return [n for n in names if n.startswith(XATTR_NAMESPACES)]
 
     async def setxattr(self, inode, name, value, ctx):
