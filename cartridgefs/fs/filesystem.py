@@ -187,16 +187,10 @@ class FileSystem:
         return FsView(self, snapshot)
 
     async def lookup(self, parent: int, name: bytes) -> Inode:
-        with self.engine.reader() as state:
-            self._dir(state, parent)
-            entry = self._entry(state, parent, name)
-            if entry is None:
-                raise NotFound(f"{name!r} not found")
-            return self._with_open_state(self._inode(state, entry.ino))
+        return self.view().lookup(parent, name)
 
     async def getattr(self, ino: int) -> Inode:
-        with self.engine.reader() as state:
-            return self._with_open_state(self._inode(state, ino))
+        return self.view().getattr(ino)
 
     async def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[tuple[bytes, Inode, int]]:
         """Entries after readdir offset `after`: (name, inode, offset of this entry)."""
@@ -540,20 +534,17 @@ class FileSystem:
         try:
             async with st.lock:
                 await self._flush_locked(ino, st)
-        except BaseException:
-            # The handle goes away whatever happened (the error was reported at flush/close):
-            # on the last release, data that cannot be stored (e.g. ENOSPC) is dropped, not
-            # kept and retried forever.
+        finally:
+            # The handle goes away whatever happened (a flush error was reported at close): on
+            # the last release, data that cannot be stored (e.g. ENOSPC) is dropped, not kept
+            # and retried forever.
             st.count -= 1
             if st.count <= 0:
                 st.dirty.take()
                 st.size = st.mtime_ns = None
                 self._open.pop(ino, None)
-            raise
-        st.count -= 1
         if st.count > 0:
             return
-        del self._open[ino]
 
         def drop_if_orphan() -> None:
             with self.engine.txn() as t:
