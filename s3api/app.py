@@ -100,17 +100,52 @@ class S3Request:
 
 
 class _Body(TrioBody):
-    """Quart buffers body bytes until the handler reads them; we signal when it did, so the
-    receiving side can wait instead of buffering a whole upload in memory."""
+    """Quart's body, keeping the arriving pieces as they are instead of copying them into one
+    bytearray (and out again) on the event loop; and it signals when the handler read them, so
+    the receiving side can wait instead of buffering a whole upload in memory."""
 
     def __init__(self, expected_content_length, max_content_length) -> None:
         super().__init__(expected_content_length, max_content_length)
+        self._pieces: list[bytes] = []
+        self.buffered = 0  # bytes received and not read yet
+        self._total = 0
         self.drained = trio.Event()
 
+    def append(self, data: bytes) -> None:
+        if not data or self._must_raise is not None:
+            return
+        self._pieces.append(data)
+        self.buffered += len(data)
+        self._total += len(data)
+        self._has_data.set()
+        if self._max_content_length is not None and self._total > self._max_content_length:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+
+    def _take(self) -> bytes:
+        pieces, self._pieces, self.buffered = self._pieces, [], 0
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     async def __anext__(self) -> bytes:
-        data = await super().__anext__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            await self._has_data.wait()
+        if self._must_raise is not None:
+            raise self._must_raise
+        if self._complete.is_set() and not self._pieces:
+            raise StopAsyncIteration
+        self._has_data.clear()
         self.drained.set()
-        return data
+        return self._take()
+
+    def __await__(self):
+        if self._must_raise is not None:
+            raise self._must_raise
+        yield from self._complete.wait().__await__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        return self._take()
 
 
 class _Request(TrioRequest):
@@ -121,7 +156,7 @@ class _Connection(TrioASGIHTTPConnection):
     async def handle_messages(self, nursery, request, receive) -> None:  # type: ignore[override]
         body = request.body
         while True:
-            while len(body._data) >= BUFFERED_BODY and not body._complete.is_set():
+            while body.buffered >= BUFFERED_BODY and not body._complete.is_set():
                 body.drained = trio.Event()
                 await body.drained.wait()
             message = await receive()

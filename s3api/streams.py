@@ -4,6 +4,7 @@ one file into another (CopyObject, UploadPartCopy). Memory stays bounded whateve
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -63,26 +64,68 @@ async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int |
     return body
 
 
+class _Read:
+    """One read of file bytes started now and awaited later (read-ahead). It runs as a system
+    task because the async generator that wants it cannot hold a nursery across its yields."""
+
+    def __init__(self, fs: FileSystem, ino: int, offset: int, size: int) -> None:
+        self.done = trio.Event()
+        self._data: bytes | None = None
+        self._error: Exception | None = None
+        trio.lowlevel.spawn_system_task(self._run, fs, ino, offset, size)
+
+    async def _run(self, fs: FileSystem, ino: int, offset: int, size: int) -> None:
+        try:
+            self._data = await fs.read(ino, offset, size, streaming=True)
+        except Exception as exc:  # handed to whoever awaits the result
+            self._error = exc
+        finally:
+            self.done.set()
+
+    async def result(self) -> bytes:
+        await self.done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+
+async def read_file(fs: FileSystem, ino: int, first: int, length: int) -> AsyncIterator[bytes]:
+    """The bytes [first, first+length) of file `ino`, READ_CHUNK at a time; the next chunk is
+    read while the caller uses the current one (sends it, writes it). The file is held open
+    meanwhile, so its content stays readable even if it is replaced or deleted."""
+    await fs.open(ino)
+    pending: _Read | None = None
+    try:
+        pos, end = first, first + length
+        if pos < end:
+            pending = _Read(fs, ino, pos, min(READ_CHUNK, end - pos))
+        while pending is not None:
+            data = await pending.result()
+            if not data:
+                raise S3Error("InternalError", "The object shrank while it was being read.")
+            pos += len(data)
+            pending = _Read(fs, ino, pos, min(READ_CHUNK, end - pos)) if pos < end else None
+            yield data
+    finally:
+        with trio.CancelScope(shield=True):
+            if pending is not None:
+                await pending.done.wait()  # no read of a released handle
+            await fs.release(ino)
+
+
 async def copy_range(fs: FileSystem, ctx: Ctx, src: int, dst: int, first: int, length: int,
                      algorithms: set[str] | frozenset[str] = frozenset()) -> tuple[bytes, dict[str, str]]:
     """Copy bytes [first, first+length) of file `src` to the start of the open file `dst`.
     Returns their MD5 and the checksums (base64) of `algorithms`."""
     md5 = hashlib.md5(usedforsecurity=False)
     hashers = {algorithm: checksums.make_hasher(algorithm) for algorithm in algorithms}
-    await fs.open(src)
-    try:
-        pos = 0
-        while pos < length:
-            data = await fs.read(src, first + pos, min(READ_CHUNK, length - pos), streaming=True)
-            if not data:
-                raise S3Error("InternalError", "The source changed during the copy.")
-            await fs.write(ctx, dst, pos, data)
-            md5.update(data)
-            for hasher in hashers.values():
-                hasher.update(data)
-            pos += len(data)
-    finally:
-        with trio.CancelScope(shield=True):
-            await fs.release(src)
+    pos = 0
+    async for data in read_file(fs, src, first, length):
+        await fs.write(ctx, dst, pos, data)
+        md5.update(data)
+        for hasher in hashers.values():
+            hasher.update(data)
+        pos += len(data)
     await fs.flush(dst)
     return md5.digest(), {algorithm: hasher.b64() for algorithm, hasher in hashers.items()}

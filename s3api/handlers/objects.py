@@ -25,7 +25,6 @@ from s3api.handlers.buckets import EMPTY_MD5, empty, ns_datetime, xml
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 1 << 20
 MAX_OBJECT_SIZE = 5 << 30
 MAX_METADATA = 2048  # bytes of x-amz-meta-* names and values, as on AWS
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -328,7 +327,7 @@ async def get_object(req, head: bool) -> Response:
     if head or length == 0:
         response = empty(status, headers)
     else:
-        response = Response(_stream(fs, inode.ino, first, length), status=status, headers=headers)
+        response = Response(streams.read_file(fs, inode.ino, first, length), status=status, headers=headers)
         response.timeout = None
     response.headers["Content-Type"] = headers["Content-Type"]
     response.headers["Content-Length"] = str(length)
@@ -351,23 +350,6 @@ async def _part_span(fs: FileSystem, inode: Inode, value: str, headers: dict[str
     headers["x-amz-mp-parts-count"] = str(len(layout.sizes))
     first, size = part
     return (first, first + size - 1) if size else None
-
-
-async def _stream(fs: FileSystem, ino: int, first: int, length: int):
-    """The bytes [first, first+length) of a file, 1 MiB at a time; the open handle keeps the
-    content readable even if the object is replaced or deleted meanwhile."""
-    await fs.open(ino)
-    try:
-        pos, end = first, first + length
-        while pos < end:
-            data = await fs.read(ino, pos, min(READ_CHUNK, end - pos), streaming=True)
-            if not data:
-                raise RuntimeError(f"inode {ino} shrank while being sent")
-            yield data
-            pos += len(data)
-    finally:
-        with trio.CancelScope(shield=True):
-            await fs.release(ino)
 
 
 # ------------------------------------------------------------------------ DeleteObject(s)

@@ -104,6 +104,30 @@ def test_disconnect_mid_put_leaves_nothing(own_server, seeded):
     assert cartridge_state(cart) == before  # same names, and every block freed again
 
 
+def test_disconnect_mid_get_of_a_deleted_object_frees_it(own_server, seeded):
+    """A GET holds the object open (it reads ahead); a client that goes away mid-way, after the
+    key was deleted, leaves no handle behind: every block of the object is freed."""
+    cart, before = seeded
+    server = own_server()
+    s3 = server.client()
+    s3.put_object(Bucket="bkt", Key="gone", Body=b"\1" * (8 * MiB))
+    url = server.url("/bkt/gone")
+    headers = server.sign("GET", url, {}, payload_hash="UNSIGNED-PAYLOAD")
+    head = f"GET /bkt/gone HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        received = sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200")
+        s3.delete_object(Bucket="bkt", Key="gone")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and s3.list_objects_v2(Bucket="bkt").get("KeyCount") != 1:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the server notices the closed connection and ends the stream
+    server.stop()
+    assert cartridge_state(cart) == before
+
+
 def test_invalid_names_leave_no_trace(own_server, seeded):
     cart, before = seeded
     server = own_server()
