@@ -261,6 +261,11 @@ class BodyVerifier:
         sha256 = None if payload_hash in (None, UNSIGNED_PAYLOAD) else payload_hash.lower()
         return cls(expected_size=_length(h, "content-length"), content_sha256=sha256, **common)
 
+    @property
+    def declared_size(self) -> int | None:
+        """The payload size the headers announce (None if they do not)."""
+        return self._expected_size
+
     def feed(self, data: bytes) -> bytes:
         """Consume the next bytes of the request body; return the payload bytes to store."""
         payload = self._decoder.feed(data) if self._decoder is not None else data

@@ -18,7 +18,7 @@ from hypercorn.trio import tcp_server as _tcp_server
 from cartridgefs import control
 from cartridgefs.engine.store import Engine
 from cartridgefs.errors import CartridgeError, InvalidArgument
-from cartridgefs.fs.filesystem import FileSystem
+from cartridgefs.fs.filesystem import FileSystem, keep_loop_responsive
 from cartridgefs.logs import setup_logging
 from s3api.app import BODY_TIMEOUT, Settings, create_app
 
@@ -76,6 +76,7 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
               secret_key: str | None = None, region: str = "us-east-1",
               domain: str | None = None, body_timeout: float = BODY_TIMEOUT) -> None:
     """Serve an open engine until SIGINT/SIGTERM, committing periodically; closes the engine."""
+    keep_loop_responsive()
     fs = FileSystem(engine)
     try:
         access, secret, show = await credentials(fs, access_key, secret_key)

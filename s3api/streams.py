@@ -4,7 +4,7 @@ one file into another (CopyObject, UploadPartCopy). Memory stays bounded whateve
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -17,23 +17,54 @@ READ_CHUNK = 1 << 20
 BODY_BATCH = 1 << 20  # bytes of request body verified and written at a time
 
 
+INLINE_BODY = 64 << 10  # bodies up to this size are verified on the loop: a thread hop costs more
+
+
 async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int | None = None) -> VerifiedBody:
     """Stream the request body through `verifier` into the open file `ino` from offset 0, then
     verify it and store what is still buffered. `flush_every`: store the buffered bytes each
     time that many more arrived (default: the filesystem's own threshold).
 
-    Two tasks, so the network and the hashing overlap: one gathers the arriving bytes into
-    batches, the other verifies and hashes each batch in a worker thread (hashlib and zlib let
-    go of the GIL) and writes it. At most a few batches are in memory at a time.
+    A large body uses two tasks, so the network and the hashing overlap: one gathers the
+    arriving bytes into batches, the other verifies and hashes each batch in a worker thread
+    (hashlib and zlib let go of the GIL) and writes it. At most a few batches are in memory at a
+    time. A small body (declared length up to INLINE_BODY) is handled in one pass on the loop.
     """
     fs, ctx = req.fs, req.ctx
+    offset = flushed = 0
+
+    async def store(batch: bytes) -> None:
+        nonlocal offset, flushed
+        if len(batch) <= INLINE_BODY:
+            payload = verifier.feed(batch)
+        else:
+            payload = await trio.to_thread.run_sync(verifier.feed, batch)
+        if payload:
+            await fs.write(ctx, ino, offset, payload)
+            offset += len(payload)
+            if flush_every is not None and offset - flushed >= flush_every:
+                await fs.flush(ino)
+                flushed = offset
+
+    if verifier.declared_size is not None and verifier.declared_size <= INLINE_BODY:
+        async for chunk in req.chunks():
+            await store(chunk)
+    else:
+        await _pipelined(req.chunks(), store)
+    body = verifier.finish()
+    await fs.flush(ino)
+    return body
+
+
+async def _pipelined(chunks: AsyncIterator[bytes], store: Callable[[bytes], Awaitable[None]]) -> None:
+    """`store` batches of about BODY_BATCH bytes of `chunks` while the next batch arrives."""
     send, receive = trio.open_memory_channel(2)
 
     async def gather() -> None:
         async with send:
             batch: list[bytes] = []
             size = 0
-            async for chunk in req.chunks():
+            async for chunk in chunks:
                 batch.append(chunk)
                 size += len(chunk)
                 if size >= BODY_BATCH:
@@ -42,26 +73,16 @@ async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int |
             if batch:
                 await send.send(b"".join(batch))
 
-    offset = flushed = 0
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gather)
             async with receive:
                 async for batch in receive:
-                    payload = await trio.to_thread.run_sync(verifier.feed, batch)
-                    if payload:
-                        await fs.write(ctx, ino, offset, payload)
-                        offset += len(payload)
-                        if flush_every is not None and offset - flushed >= flush_every:
-                            await fs.flush(ino)
-                            flushed = offset
+                    await store(batch)
     except BaseExceptionGroup as group:  # one failing task: report its error as it is
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
-    body = verifier.finish()
-    await fs.flush(ino)
-    return body
 
 
 class _Read:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from ..fs.filesystem import FileSystem
+from ..fs.filesystem import FileSystem, keep_loop_responsive
 from .ops import AttrPolicy, Operations
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ async def serve(
     shutdown. Always ends with everything flushed, committed and the cartridge closed.
     """
     options = options or MountOptions()
+    keep_loop_responsive()
     ops = Operations(fs, AttrPolicy(options.uid, options.gid, options.umask))
     unmount = True  # unless the kernel told us it was unmounted (pyfuse3.main returned)
     signalled = False
