@@ -112,7 +112,7 @@ class Sealer(ABC):
         """The nonce for a superblock."""
 
     @abstractmethod
-    def _protect(self, data: Buffer, nonce: bytes, ad: bytes) -> tuple[bytes, bytes]:
+    def _protect(self, data: Buffer, nonce: bytes, ad: bytes) -> tuple[Buffer, bytes]:
         """(stored bytes, seal) for `data`."""
 
     @abstractmethod
@@ -129,7 +129,7 @@ class Sealer(ABC):
 
     def seal(
         self, data: Buffer, *, block: int, birth: int, kind: int
-    ) -> tuple[bytes, bytes, bytes]:
+    ) -> tuple[Buffer, bytes, bytes]:
         """(stored bytes, nonce, seal) for encoded bytes that will live at `block`."""
         nonce = self._block_nonce()
         stored, seal = self._protect(data, nonce, self._ad(block, birth, kind))
@@ -205,8 +205,8 @@ class ChecksumSealer(Sealer):
         hasher.update(data)
         return hasher.digest()
 
-    def _protect(self, data: Buffer, nonce: bytes, ad: bytes) -> tuple[bytes, bytes]:
-        return bytes(data), self._digest(data, ad)
+    def _protect(self, data: Buffer, nonce: bytes, ad: bytes) -> tuple[Buffer, bytes]:
+        return data, self._digest(data, ad)  # stored as they are: no copy of a large extent
 
     def _protect_into(self, data: Buffer, nonce: bytes, ad: bytes, out: memoryview) -> bytes:
         out[: len(data)] = data

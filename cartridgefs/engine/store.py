@@ -343,7 +343,7 @@ class Engine:
             birth = self.state.gen
             stored, nonce, seal = self.sealer.seal(encoded, block=block, birth=birth, kind=kind)
             pad = nblocks * BLOCK_SIZE - len(stored)
-            self.dev.write(block, stored + bytes(pad) if pad else stored)
+            self.dev.write(block, b"".join((stored, bytes(pad))) if pad else stored)
         except BaseException:
             self.alloc.unreserve(block)
             raise
