@@ -16,11 +16,11 @@ from __future__ import annotations
 import heapq
 import logging
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from cartridgefs.errors import Exists, NotADirectory, NotEmpty, NotFound
-from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, Ctx, FileSystem
+from cartridgefs.errors import Exists, NotADirectory, NotFound
+from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, Ctx, FileSystem, FsView, Removal
 from cartridgefs.fs.items import ROOT_INO, DirEntry, Inode
 from s3api.errors import S3Error
 from s3api.names import parse_key, validate_bucket_name
@@ -130,20 +130,17 @@ async def ensure_parents(fs: FileSystem, ctx: Ctx, bucket_ino: int, kp: KeyPath,
 async def remove_empty_implicit(fs: FileSystem, ctx: Ctx, chain: list[Inode], names: tuple[bytes, ...]) -> None:
     """Walk up from the key's parent removing implicit directories left empty; stop at the
     first explicit or non-empty directory and at the bucket (chain[0])."""
-    for depth in range(len(chain) - 1, 0, -1):
-        try:
-            current = await fs.getattr(chain[depth].ino)
-        except NotFound:
-            continue
-        if not current.is_dir or not current.flags & FLAG_IMPLICIT_DIR:
-            return
-        try:
-            await fs.rmdir(ctx, chain[depth - 1].ino, names[depth - 1])
-        except (NotEmpty, NotFound, NotADirectory):
-            return
-        except Exception:  # e.g. the name now points elsewhere: stop, never fail the request
-            log.exception("removing empty implicit directory")
-            return
+    try:
+        await fs.remove_empty_implicit(ctx, chain[0].ino, names)
+    except (NotFound, NotADirectory):
+        return  # the bucket went away meanwhile
+    except Exception:  # never fail the request for it
+        log.exception("removing empty implicit directories")
+
+
+def removal(kp: KeyPath) -> Removal:
+    """What deleting the key's object removes (`FileSystem.remove_paths`, with XATTR_PREFIX)."""
+    return Removal((*kp.parents, kp.name), kp.is_directory)
 
 
 # ------------------------------------------------------------------------------- listing
@@ -167,11 +164,11 @@ def _pred_bound(first: bytes) -> bytes:
     return first[:-1] + bytes((first[-1] - 1,)) + b"\xff" * 256
 
 
-async def _entries(fs: FileSystem, ino: int, first: bytes, within: bytes) -> AsyncIterator[tuple[bytes, DirEntry]]:
+def _entries(view: FsView, ino: int, first: bytes, within: bytes) -> Iterator[tuple[bytes, DirEntry]]:
     """Entries with name >= first, in name order, while names start with `within`."""
     after = _pred_bound(first)
     while True:
-        batch = await fs.listdir_sorted(ino, after, LIST_BATCH)
+        batch = view.listdir_sorted(ino, after, LIST_BATCH)
         for name, entry in batch:
             if not name.startswith(within):
                 if name > within:
@@ -183,8 +180,8 @@ async def _entries(fs: FileSystem, ino: int, first: bytes, within: bytes) -> Asy
         after = batch[-1][0]
 
 
-async def walk(fs: FileSystem, ino: int, base: bytes, marker: bytes, within: bytes = b"",
-               rollup: bool = False) -> AsyncIterator[Listed]:
+def walk(view: FsView, ino: int, base: bytes, marker: bytes, within: bytes = b"",
+         rollup: bool = False) -> Iterator[Listed]:
     """Keys under directory `ino` (whose key prefix is `base`) greater than `marker`, in key
     order; only names starting with `within` at this level. With `rollup`, directories come out
     as common prefixes instead of being walked (delimiter "/")."""
@@ -200,35 +197,19 @@ async def walk(fs: FileSystem, ino: int, base: bytes, marker: bytes, within: byt
         for i in range(max(1, len(within)), len(seg)):
             if seg[i] < SLASH and seg.startswith(within):
                 try:
-                    inode = await fs.lookup(ino, seg[:i])
+                    inode = view.lookup(ino, seg[:i])
                 except (NotFound, NotADirectory):
                     continue
                 if inode.is_dir:
                     heapq.heappush(pending, (seg[:i] + b"/", seg[:i], inode.ino))
     seen_any = False
-
-    async def emit_dir(name: bytes, child: int) -> AsyncIterator[Listed]:
-        prefix = base + name + b"/"
-        if marker and marker.startswith(prefix):
-            if rollup:
-                return  # this common prefix was returned already
-            async for item in walk(fs, child, prefix, marker):
-                yield item
-        elif not marker or prefix > marker:
-            if rollup:
-                yield Listed(prefix, child, "prefix")
-            else:
-                async for item in walk(fs, child, prefix, b""):
-                    yield item
-
-    async for name, entry in _entries(fs, ino, first, within):
+    for name, entry in _entries(view, ino, first, within):
         seen_any = True
         is_dir = stat.S_ISDIR(entry.dtype)
         sort_key = name + b"/" if is_dir else name
         while pending and pending[0][0] < sort_key:
             _, dname, dino = heapq.heappop(pending)
-            async for item in emit_dir(dname, dino):
-                yield item
+            yield from _below(view, dname, dino, base, marker, rollup)
         if is_dir:
             heapq.heappush(pending, (sort_key, name, entry.ino))
         elif stat.S_ISREG(entry.dtype):
@@ -237,13 +218,25 @@ async def walk(fs: FileSystem, ino: int, base: bytes, marker: bytes, within: byt
                 yield Listed(key, entry.ino, "file")
     while pending:
         _, dname, dino = heapq.heappop(pending)
-        async for item in emit_dir(dname, dino):
-            yield item
+        yield from _below(view, dname, dino, base, marker, rollup)
     if not seen_any and rest is None and not within and base:
         # An empty directory: an object "d/" if it is explicit (not left over implicitly).
-        inode = await fs.getattr(ino)
+        inode = view.getattr(ino)
         if not inode.flags & FLAG_IMPLICIT_DIR and (not marker or base > marker):
             yield Listed(base, ino, "dir")
+
+
+def _below(view: FsView, name: bytes, child: int, base: bytes, marker: bytes,
+           rollup: bool) -> Iterable[Listed]:
+    """What directory `name` (inode `child`) in the directory at `base` adds to a walk: its keys
+    after the marker, or with `rollup` its common prefix. (Returned, not yielded, so that a walk
+    nests one generator per directory level.)"""
+    prefix = base + name + b"/"
+    if marker and marker.startswith(prefix):
+        return () if rollup else walk(view, child, prefix, marker)  # rollup: returned already
+    if marker and prefix <= marker:
+        return ()
+    return (Listed(prefix, child, "prefix"),) if rollup else walk(view, child, prefix, b"")
 
 
 @dataclass
@@ -254,9 +247,10 @@ class Page:
     last: bytes | None  # the last key or prefix returned (the next marker)
 
 
-async def list_page(fs: FileSystem, bucket_ino: int, prefix: bytes, marker: bytes,
-                    delimiter: bytes | None, max_keys: int) -> Page:
-    """One page of a listing: objects and common prefixes after `marker`, up to `max_keys`."""
+def list_page(view: FsView, bucket_ino: int, prefix: bytes, marker: bytes,
+              delimiter: bytes | None, max_keys: int) -> Page:
+    """One page of a listing: objects and common prefixes after `marker`, up to `max_keys`
+    (one synchronous pass: give a pinned view, `FsView.pinned`)."""
     page = Page([], [], False, None)
     head, _, within = prefix.rpartition(b"/")
     base = head + b"/" if head or prefix.startswith(b"/") else b""
@@ -266,7 +260,7 @@ async def list_page(fs: FileSystem, bucket_ino: int, prefix: bytes, marker: byte
             if name in (b"", b".", b".."):
                 return page
             try:
-                inode = await fs.lookup(ino, name)
+                inode = view.lookup(ino, name)
             except (NotFound, NotADirectory):
                 return page
             if not inode.is_dir:
@@ -277,7 +271,7 @@ async def list_page(fs: FileSystem, bucket_ino: int, prefix: bytes, marker: byte
     rollup = delimiter == b"/"
     last_prefix: bytes | None = None
     count = 0
-    async for item in walk(fs, ino, base, marker, within, rollup):
+    for item in walk(view, ino, base, marker, within, rollup):
         key = item.key
         if item.kind != "prefix":
             try:

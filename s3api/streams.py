@@ -22,8 +22,9 @@ INLINE_BODY = 64 << 10  # bodies up to this size are verified on the loop: a thr
 
 async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int | None = None) -> VerifiedBody:
     """Stream the request body through `verifier` into the open file `ino` from offset 0, then
-    verify it and store what is still buffered. `flush_every`: store the buffered bytes each
-    time that many more arrived (default: the filesystem's own threshold).
+    verify it. The last bytes may still be buffered in the open file (publishing or committing
+    the file stores them). `flush_every`: store the buffered bytes each time that many more
+    arrived (default: the filesystem's own threshold).
 
     A large body uses two tasks, so the network and the hashing overlap: one gathers the
     arriving bytes into batches, the other verifies and hashes each batch in a worker thread
@@ -51,9 +52,7 @@ async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int |
             await store(chunk)
     else:
         await _pipelined(req.chunks(), store)
-    body = verifier.finish()
-    await fs.flush(ino)
-    return body
+    return verifier.finish()
 
 
 async def _pipelined(chunks: AsyncIterator[bytes], store: Callable[[bytes], Awaitable[None]]) -> None:
@@ -133,6 +132,17 @@ async def read_file(fs: FileSystem, ino: int, first: int, length: int) -> AsyncI
             if pending is not None:
                 await pending.done.wait()  # no read of a released handle
             await fs.release(ino)
+
+
+async def response_body(fs: FileSystem, ino: int, first: int, length: int) -> bytes | AsyncIterator[bytes]:
+    """A GET body: the bytes themselves when they fit in one read (one consistent read needs no
+    open handle, no stream), else `read_file`'s stream."""
+    if length > READ_CHUNK:
+        return read_file(fs, ino, first, length)
+    data = await fs.read(ino, first, length, streaming=True)
+    if len(data) != length:
+        raise S3Error("InternalError", "The object changed while it was being read; retry.")
+    return data
 
 
 async def copy_range(fs: FileSystem, ctx: Ctx, src: int, dst: int, first: int, length: int,

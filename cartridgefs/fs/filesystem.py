@@ -9,12 +9,13 @@ I/O, compression, encryption, hashing) and every commit runs in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -35,6 +36,7 @@ from . import data
 from .buffer import DirtyRanges
 from .items import (
     ROOT_INO,
+    Decoded,
     DirEntry,
     Inode,
     check_name,
@@ -58,6 +60,7 @@ XATTR_REPLACE = 2
 XATTR_MAX = 64 * 1024
 FLUSH_AT = 8 * 1024 * 1024  # dirty bytes of one file that trigger a flush
 INLINE_FLUSH_MAX = 64 * 1024  # smaller flushes run on the loop thread when the writer lock is free
+INLINE_REMOVALS = 16  # `remove_paths` of more names (~50 µs each) runs in a worker thread
 READ_CHUNK = 1024 * 1024
 COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
 COMMIT_POLL = 0.25
@@ -82,6 +85,15 @@ class Change:
     ino: int | None = None
     parent: int | None = None
     name: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A name for `remove_paths`: its path from the top directory (directories, then the name),
+    and whether it must name a regular file or an explicit directory."""
+
+    path: tuple[bytes, ...]
+    directory: bool = False
 
 
 @dataclass
@@ -123,10 +135,11 @@ class FileSystem:
 
     # --- running engine work ---
 
-    async def _meta(self, fn: Callable, *args):
-        """A metadata transaction: inline when the writer lock is free, else in a thread."""
+    async def _meta(self, fn: Callable, *args, inline: bool = True):
+        """A metadata transaction: inline when the writer lock is free (and the caller did not
+        say it is a long one: `inline`), else in a thread."""
         lock = self.engine._writer
-        if lock.acquire(blocking=False):
+        if inline and lock.acquire(blocking=False):
             try:
                 result = fn(*args)
             finally:
@@ -220,6 +233,10 @@ class FileSystem:
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return self.view().listxattr(ino)
+
+    async def xattrs(self, ino: int, prefix: bytes = b"") -> dict[bytes, bytes]:
+        """Every attribute whose name starts with `prefix`, read in one pass."""
+        return self.view().xattrs(ino, prefix)
 
     async def resolve(self, names: list[bytes], start: int = ROOT_INO) -> Inode:
         """Follow a path of names (no symlink resolution) from `start`."""
@@ -358,13 +375,17 @@ class FileSystem:
             if want_dir:
                 if not inode.is_dir:
                     raise NotADirectory(f"{name!r} is not a directory")
-                if next(iter(t.items("fs", dirent_prefix(inode.ino), next_prefix(dirent_prefix(inode.ino)))), None):
+                if self._has_entries(t, inode.ino):
                     raise NotEmpty(f"{name!r} is not empty")
             elif inode.is_dir:
                 raise IsADirectory(f"{name!r} is a directory")
             self._remove_entry(t, pdir, name, entry, now)
             self._unlink_inode(t, inode, now)
             return entry.ino
+
+    def _has_entries(self, t: Txn, ino: int) -> bool:
+        prefix = dirent_prefix(ino)
+        return next(iter(t.items("fs", prefix, next_prefix(prefix))), None) is not None
 
     async def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, False)
@@ -659,9 +680,10 @@ class FileSystem:
         if error is not None:
             raise error
 
-    async def _flush_locked(self, ino: int, st: _Open) -> None:
-        """Store the dirty ranges of an open file as extents (caller holds st.lock)."""
-        if not st.dirty:
+    async def _flush_locked(self, ino: int, st: _Open, then: Callable[[Txn], None] | None = None) -> None:
+        """Store the dirty ranges of an open file as extents (caller holds st.lock); `then`
+        changes more in the same transaction (e.g. gives the file its name)."""
+        if not st.dirty and then is None:
             if st.size is not None and st.mtime_ns is None:
                 st.size = None
             return
@@ -675,15 +697,10 @@ class FileSystem:
                     written.append((start, len(chunk), self.engine.write_data(chunk)))
                 reserved = [ptr for _, _, ptrs in written for _, ptr in ptrs]
                 with self.engine.txn(reserved=reserved) as t:
-                    inode = self._inode(t, ino)
-                    for start, length, ptrs in written:
-                        data.punch(t, ino, start, start + length)
-                        data.link(t, ino, start, ptrs)
-                    fields = {"size": max(size, inode.size) if size is not None else inode.size,
-                              "data_version": inode.data_version + 1}
-                    if mtime is not None:
-                        fields.update(mtime_ns=mtime, ctime_ns=mtime)
-                    t.put("fs", inode_key(ino), inode.changed(**fields).encode())
+                    if written:
+                        self._link_written(t, ino, written, size, mtime)
+                    if then is not None:
+                        then(t)
             except BaseException:
                 self.engine.abandon([ptr for _, _, ptrs in written for _, ptr in ptrs])
                 raise
@@ -705,8 +722,21 @@ class FileSystem:
             for start, chunk in ranges + newer:
                 st.dirty.write(start, bytes(chunk))
             raise
-        st.size = None
-        st.mtime_ns = None
+        if ranges:
+            st.size = None
+            st.mtime_ns = None
+
+    def _link_written(self, t: Txn, ino: int, written: list, size: int | None, mtime: int | None) -> None:
+        """Within `t`: make the extents just written the file's bytes at their offsets."""
+        inode = self._inode(t, ino)
+        for start, length, ptrs in written:
+            data.punch(t, ino, start, start + length)
+            data.link(t, ino, start, ptrs)
+        fields = {"size": max(size, inode.size) if size is not None else inode.size,
+                  "data_version": inode.data_version + 1}
+        if mtime is not None:
+            fields.update(mtime_ns=mtime, ctime_ns=mtime)
+        t.put("fs", inode_key(ino), inode.changed(**fields).encode())
 
     # --- content hash (ETag) ---
 
@@ -761,21 +791,27 @@ class FileSystem:
         await self.release(ino)
 
     async def publish(self, ctx: Ctx, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
-                      xattrs: dict[bytes, bytes] | None = None, mtime_ns: int | None = None) -> None:
-        """Atomically give unlinked file `ino` the name `name`, replacing a file of that name."""
+                      xattrs: dict[bytes, bytes] | None = None, content_xattrs: dict[bytes, bytes] | None = None,
+                      mtime_ns: int | None = None) -> None:
+        """Atomically give the open unlinked file `ino` the name `name`, replacing a file of that
+        name; its buffered bytes are stored in the same transaction. Closes the file."""
         check_name(name)
-        await self.flush(ino)
+        st = self._open.get(ino)
+        if st is None:
+            raise InvalidArgument(f"inode {ino} is not open")
 
-        def op() -> None:
-            with self.engine.txn() as t:
-                self.name_unlinked(t, ino, parent, name, md5=md5, xattrs=xattrs, mtime_ns=mtime_ns)
+        def give_name(t: Txn) -> None:
+            self.name_unlinked(t, ino, parent, name, md5=md5, xattrs=xattrs,
+                               content_xattrs=content_xattrs, mtime_ns=mtime_ns)
 
-        await self._meta(op)
+        async with st.lock:
+            await self._flush_locked(ino, st, then=give_name)
         await self.release(ino)
         await self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
 
     def name_unlinked(self, t: Txn, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
-                      xattrs: dict[bytes, bytes] | None = None, mtime_ns: int | None = None) -> None:
+                      xattrs: dict[bytes, bytes] | None = None, content_xattrs: dict[bytes, bytes] | None = None,
+                      mtime_ns: int | None = None) -> None:
         """Within transaction `t`: `publish` without the flush (also used to complete multipart
         uploads, whose assembly must happen in the same transaction)."""
         now = _now()
@@ -797,6 +833,10 @@ class FileSystem:
         t.put("fs", inode_key(ino), inode.encode())
         for key, value in (xattrs or {}).items():
             t.put("fs", xattr_key(ino, key), value)
+        # Attributes that describe this content only (checksums): tagged with its version, so a
+        # later write through the mount makes them visibly stale.
+        for key, value in (content_xattrs or {}).items():
+            t.put("fs", xattr_key(ino, key), b"%d:%s" % (inode.data_version, value))
         t.delete("meta", orphan_key(ino))
         self._add_entry(t, pdir, name, inode, now)
 
@@ -807,9 +847,7 @@ class FileSystem:
         def op() -> None:
             with self.engine.txn() as t:
                 inode = self._inode(t, ino)
-                start = xattr_key(ino, prefix)
-                for key, _ in list(t.items("fs", start, next_prefix(start))):
-                    t.delete("fs", key)
+                self._drop_xattrs(t, ino, prefix)
                 for key, value in values.items():
                     t.put("fs", xattr_key(ino, key), value)
                 fields: dict = {"ctime_ns": _now()}
@@ -819,6 +857,11 @@ class FileSystem:
 
         await self._meta(op)
         await self.emit(Change(ctx.origin, ino=ino))
+
+    def _drop_xattrs(self, t: Txn, ino: int, prefix: bytes) -> None:
+        start = xattr_key(ino, prefix)
+        for key, _ in list(t.items("fs", start, next_prefix(start))):
+            t.delete("fs", key)
 
     async def set_flags(self, ctx: Ctx, ino: int, flags: int) -> Inode:
         """Set the inode's `flags` word (e.g. clear FLAG_IMPLICIT_DIR when S3 makes a directory
@@ -833,6 +876,102 @@ class FileSystem:
         inode = await self._meta(op)
         await self.emit(Change(ctx.origin, ino=ino))
         return inode
+
+    async def remove_paths(self, ctx: Ctx, top: int, removals: Sequence[Removal],
+                           strip_prefix: bytes | None = None) -> None:
+        """Remove names below directory `top`, in order, in one transaction (all or nothing; the
+        S3 DeleteObject(s) rules of docs/s3-mapping.md). A removal naming a regular file unlinks
+        it; one naming an explicit directory (`directory`) removes it when empty, else makes it
+        implicit (FLAG_IMPLICIT_DIR: it goes with its last entry) without its xattrs starting
+        with `strip_prefix`. A path naming nothing of the kind, or running through a missing
+        directory, is left alone. Each removal is followed by `remove_empty_implicit`'s walk."""
+        changes = await self._meta(self._remove_paths, ctx.origin, top, removals, strip_prefix,
+                                   inline=len(removals) <= INLINE_REMOVALS)
+        for change in changes:
+            await self.emit(change)
+
+    async def remove_empty_implicit(self, ctx: Ctx, top: int, names: Sequence[bytes]) -> None:
+        """Remove the implicit directories along `names` below `top` that are empty, bottom-up,
+        stopping at the first explicit or non-empty one and never removing `top`."""
+
+        def op() -> list[Change]:
+            with self.engine.txn() as t:
+                chain = self._dirs_along(t, top, names)
+                return self._prune_implicit(t, ctx.origin, chain, names, _now())
+
+        for change in await self._meta(op):
+            await self.emit(change)
+
+    def _remove_paths(self, origin: str, top: int, removals: Sequence[Removal],
+                      strip_prefix: bytes | None) -> list[Change]:
+        now = _now()
+        changes: list[Change] = []
+        with self.engine.txn() as t:
+            last: tuple[tuple[bytes, ...], list[Inode]] | None = None
+            for removal in removals:
+                parents = removal.path[:-1]
+                # Names in one directory mostly come in a row: they share the chain of its
+                # directories, kept current, until a directory is removed or changed.
+                chain = last[1] if last and last[0] == parents else self._dirs_along(t, top, parents)
+                done = self._remove_path(t, origin, chain, removal, strip_prefix, now)
+                changes += done
+                dirs_changed = removal.directory or len(done) > 1  # > 1: implicit ones removed
+                last = None if dirs_changed else (parents, chain)
+        return changes
+
+    def _remove_path(self, t: Txn, origin: str, chain: list[Inode], removal: Removal,
+                     strip_prefix: bytes | None, now: int) -> list[Change]:
+        """One removal of `remove_paths`; `chain`: the directories along its path, as far as
+        they exist (`_dirs_along`)."""
+        *parents, name = removal.path
+        entry = self._entry(t, chain[-1].ino, name) if len(chain) > len(parents) else None
+        if entry is None:
+            return []
+        inode = self._inode(t, entry.ino)
+        if removal.directory:
+            if not inode.is_dir or inode.flags & FLAG_IMPLICIT_DIR:
+                return []
+            if self._has_entries(t, inode.ino):
+                self._make_implicit(t, inode, strip_prefix, now)
+                return [Change(origin, ino=inode.ino)]
+        elif not inode.is_reg:
+            return []
+        chain[-1] = self._remove_entry(t, chain[-1], name, entry, now)
+        self._unlink_inode(t, inode, now)
+        return [Change(origin, ino=inode.ino, parent=chain[-1].ino, name=name),
+                *self._prune_implicit(t, origin, chain, parents, now)]
+
+    def _dirs_along(self, t: Txn, top: int, names: Sequence[bytes]) -> list[Inode]:
+        """Directory `top` and those along `names` below it, as far as they exist."""
+        chain = [self._dir(t, top)]
+        for name in names:
+            entry = self._entry(t, chain[-1].ino, name)
+            if entry is None or not stat.S_ISDIR(entry.dtype):
+                break
+            chain.append(self._inode(t, entry.ino))
+        return chain
+
+    def _prune_implicit(self, t: Txn, origin: str, chain: list[Inode], names: Sequence[bytes],
+                        now: int) -> list[Change]:
+        """Remove the empty implicit directories at the end of `chain` (chain[i + 1] is named
+        names[i] in chain[i]) bottom-up, never chain[0]; `chain` is kept current."""
+        changes = []
+        for depth in range(len(chain) - 1, 0, -1):
+            inode, name = chain[depth], names[depth - 1]
+            if not inode.flags & FLAG_IMPLICIT_DIR or self._has_entries(t, inode.ino):
+                break
+            entry = self._entry(t, chain[depth - 1].ino, name)
+            assert entry is not None and entry.ino == inode.ino
+            chain[depth - 1] = self._remove_entry(t, chain[depth - 1], name, entry, now)
+            self._unlink_inode(t, inode, now)
+            changes.append(Change(origin, ino=inode.ino, parent=chain[depth - 1].ino, name=name))
+        return changes
+
+    def _make_implicit(self, t: Txn, inode: Inode, strip_prefix: bytes | None, now: int) -> None:
+        if strip_prefix is not None:
+            self._drop_xattrs(t, inode.ino, strip_prefix)
+        inode = inode.changed(flags=inode.flags | FLAG_IMPLICIT_DIR, ctime_ns=now)
+        t.put("fs", inode_key(inode.ino), inode.encode())
 
     async def get_setting(self, key: bytes) -> bytes | None:
         """A small value stored in the `meta` tree (e.g. the S3 server's generated credentials)."""
@@ -872,42 +1011,131 @@ class FileSystem:
 class FsView:
     """Read-only operations on the live tree or a snapshot."""
 
-    def __init__(self, fs: FileSystem, snapshot: str | None) -> None:
+    def __init__(self, fs: FileSystem, snapshot: str | None, state: State | None = None) -> None:
         self.fs = fs
         self.snapshot = snapshot
+        self._held = state
 
-    def _state(self):
+    def _state(self) -> contextlib.AbstractContextManager[State]:
+        if self._held is not None:
+            return contextlib.nullcontext(self._held)
         return self.fs.engine.reader(self.snapshot)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[FsView]:
+        """This view with one reader held throughout: many reads (a listing page) from one
+        consistent state, without the cost of a reader each."""
+        with self._state() as state:
+            yield FsView(self.fs, self.snapshot, state)
+
+    def getattrs(self, inos: Iterable[int]) -> dict[int, Inode]:
+        """`getattr` of many inodes from one state; those that do not exist are left out."""
+        fs = self.fs
+        found = {}
+        with self._state() as state:
+            for ino in inos:
+                inode = fs._inode_or_none(state, ino)
+                if inode is not None:
+                    found[ino] = self._seen(inode)
+        return found
+
+    def getxattrs(self, inos: Iterable[int], name: bytes) -> dict[int, bytes]:
+        """The values of attribute `name` of many inodes from one state; where it is unset (or
+        the inode does not exist), left out."""
+        found = {}
+        with self._state() as state:
+            for ino in inos:
+                value = self.fs.engine.get(state, "fs", xattr_key(ino, name))
+                if value is not None:
+                    assert isinstance(value, bytes)
+                    found[ino] = value
+        return found
+
+    def _seen(self, inode: Inode) -> Inode:
+        """The inode as the user sees it (live tree: bytes written but not stored yet count)."""
+        return inode if self.snapshot else self.fs._with_open_state(inode)
+
+    # Inodes and entries decoded from the tree version read last, shared by every view (a
+    # version is known by its root, so views of other versions just replace it).
+    _decoded = Decoded(None)
+
+    def _memo(self, state: State) -> Decoded:
+        root = state.roots.get("fs")
+        memo = FsView._decoded
+        if memo.root is not root:
+            memo = FsView._decoded = Decoded(root)
+        return memo
+
+    def _inode(self, state: State, ino: int, memo: Decoded | None = None) -> Inode:
+        memo = memo or self._memo(state)
+        inode = memo.inodes.get(ino, memo)  # (the memo itself: not looked up yet)
+        if inode is memo:
+            inode = memo.keep_inode(ino, self.fs._inode_or_none(state, ino))
+        if inode is None:
+            raise NotFound(f"inode {ino} does not exist")
+        return inode
+
+    def _dir(self, state: State, ino: int, memo: Decoded | None = None) -> Inode:
+        inode = self._inode(state, ino, memo)
+        if not inode.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return inode
+
+    def _entry(self, state: State, parent: int, name: bytes,
+               memo: Decoded | None = None) -> DirEntry | None:
+        memo = memo or self._memo(state)
+        entry = memo.entries.get((parent, name), memo)
+        if entry is memo:
+            entry = memo.keep_entry(parent, name, self.fs._entry(state, parent, name))
+        return entry
 
     def getattr(self, ino: int) -> Inode:
         with self._state() as state:
-            inode = self.fs._inode(state, ino)
-        return inode if self.snapshot else self.fs._with_open_state(inode)
+            inode = self._inode(state, ino)
+        return self._seen(inode)
+
+    def find(self, parent: int, name: bytes) -> Inode | None:
+        """The inode named `name` in directory `parent`; None when the directory has no such name
+        (NotFound or NotADirectory when `parent` itself is missing or not a directory)."""
+        with self._state() as state:
+            memo = self._memo(state)
+            entry = self._entry(state, parent, name, memo)
+            if entry is None:
+                self._dir(state, parent, memo)  # only a directory has entries: checked on a miss
+                return None
+            inode = self._inode(state, entry.ino, memo)
+        return self._seen(inode)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
+        inode = self.find(parent, name)
+        if inode is None:
+            raise NotFound(f"{name!r} not found")
+        return inode
+
+    def entries(self, ino: int, after: int) -> Iterator[tuple[bytes, Inode, int]]:
+        """Entries after readdir offset `after`: (name, inode, offset of this entry), read lazily
+        in one reader pass, so a caller takes just what it can use. The reader stays pinned
+        until the iterator is exhausted or closed: close it at once."""
         with self._state() as state:
-            self.fs._dir(state, parent)
-            entry = self.fs._entry(state, parent, name)
-            if entry is None:
-                raise NotFound(f"{name!r} not found")
-            inode = self.fs._inode(state, entry.ino)
-        return inode if self.snapshot else self.fs._with_open_state(inode)
+            memo = self._memo(state)
+            self._dir(state, ino, memo)
+            start = dirseq_key(ino, after + 1)
+            for key, name in self.fs.engine.items(state, "fs", start, next_prefix(start[:9])):
+                entry = self._entry(state, ino, name, memo)
+                if entry is not None:
+                    inode = self._seen(self._inode(state, entry.ino, memo))
+                    yield name, inode, int.from_bytes(key[9:], "big")
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
-        fs = self.fs
-        out = []
-        with self._state() as state:
-            fs._dir(state, ino)
-            start = dirseq_key(ino, after + 1)
-            for key, name in fs.engine.items(state, "fs", start, next_prefix(start[:9])):
-                entry = fs._entry(state, ino, name)
-                if entry is None:
-                    continue
-                inode = fs._inode(state, entry.ino)
-                out.append((name, inode if self.snapshot else fs._with_open_state(inode),
-                            int.from_bytes(key[9:], "big")))
+        out: list[tuple[bytes, Inode, int]] = []
+        entries = self.entries(ino, after)
+        try:
+            for item in entries:
+                out.append(item)
                 if len(out) >= limit:
                     break
+        finally:
+            entries.close()
         return out
 
     def listdir_sorted(self, ino: int, start_after: bytes, limit: int) -> list[tuple[bytes, DirEntry]]:
@@ -933,18 +1161,29 @@ class FsView:
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         with self._state() as state:
-            self.fs._inode(state, ino)
             value = self.fs.engine.get(state, "fs", xattr_key(ino, name))
+            if value is None:
+                self.fs._inode(state, ino)  # NotFound for a missing inode (an attribute needs one)
         if value is None:
             raise NoAttribute(f"no attribute {name!r}")
         assert isinstance(value, bytes)
         return value
 
     def listxattr(self, ino: int) -> list[bytes]:
+        return list(self.xattrs(ino))
+
+    def xattrs(self, ino: int, prefix: bytes = b"") -> dict[bytes, bytes]:
+        engine = self.fs.engine
         with self._state() as state:
             self.fs._inode(state, ino)
-            prefix = xattr_prefix(ino)
-            return [key[len(prefix):] for key, _ in self.fs.engine.items(state, "fs", prefix, next_prefix(prefix))]
+            start = xattr_key(ino, prefix)
+            skip = len(xattr_prefix(ino))
+            out = {}
+            for key, raw in engine.items(state, "fs", start, next_prefix(start)):
+                value = engine.value(raw)
+                assert isinstance(value, bytes)
+                out[key[skip:]] = value
+            return out
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self._state() as state:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from ..errors import InvalidArgument, NameTooLong
 
@@ -24,9 +24,16 @@ _DIRENT = struct.Struct("<QBQ")
 _EXTENT = struct.Struct("<II")  # skip into the extent, length covered
 
 
-@dataclass(frozen=True, slots=True)
-class Inode:
-    """An inode as stored; `blocks` for stat is derived from size."""
+_NO_ETAG = 0xFFFFFFFFFFFFFFFF  # etag_version as stored when there is none (-1 in an Inode)
+_ETAG_VERSION = 13  # position of etag_version in the stored fields (after ino: 14)
+
+
+class Inode(NamedTuple):
+    """An inode as stored; `blocks` for stat is derived from size.
+
+    A named tuple rather than a dataclass: every FUSE request decodes one or more inodes, and
+    building a tuple costs a third of a frozen dataclass's `__init__` (so does `changed`).
+    """
 
     ino: int
     mode: int
@@ -50,15 +57,15 @@ class Inode:
         return _INODE.pack(
             self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns, self.mtime_ns,
             self.ctime_ns, self.btime_ns, self.rdev, self.flags, self.data_version,
-            self.next_dir_seq, self.etag_version & 0xFFFFFFFFFFFFFFFF, self.etag_md5, self.parent,
+            self.next_dir_seq, self.etag_version & _NO_ETAG, self.etag_md5, self.parent,
         )
 
     @classmethod
     def decode(cls, ino: int, raw: bytes) -> Inode:
-        fields = list(_INODE.unpack(raw))
-        if fields[13] == 0xFFFFFFFFFFFFFFFF:
-            fields[13] = -1
-        return cls(ino, *fields)
+        stored = _INODE.unpack(raw)
+        if stored[_ETAG_VERSION] == _NO_ETAG:
+            stored = (*stored[:_ETAG_VERSION], -1, *stored[_ETAG_VERSION + 1:])
+        return tuple.__new__(cls, (ino, *stored))  # skips the keyword handling of __new__
 
     @property
     def is_dir(self) -> bool:
@@ -78,11 +85,10 @@ class Inode:
         return self.etag_md5.hex() if self.etag_version == self.data_version else None
 
     def changed(self, **fields) -> Inode:
-        return replace(self, **fields)
+        return self._replace(**fields)
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     ino: int
     dtype: int  # the S_IFMT bits of the child
     seq: int
@@ -93,7 +99,7 @@ class DirEntry:
     @classmethod
     def decode(cls, raw: bytes) -> DirEntry:
         ino, dtype, seq = _DIRENT.unpack(raw)
-        return cls(ino, dtype << 12, seq)
+        return tuple.__new__(cls, (ino, dtype << 12, seq))
 
 
 def check_name(name: bytes) -> bytes:
@@ -161,3 +167,32 @@ def decode_extent_extra(extra: bytes) -> tuple[int, int]:
 
 def orphan_key(ino: int) -> bytes:
     return b"orphan" + _INO.pack(ino)
+
+
+class Decoded:
+    """Inodes and directory entries decoded from one version of the `fs` tree, for reads that
+    come back to them (a listing after a stat of every file, `ls -l` after `find`).
+
+    A version is known by its root page object: published pages never change (a transaction
+    copies the pages it changes, so every change of the tree makes a new root; a commit keeps
+    the root object, it only swaps in-memory children for their stored pointers). Misses are
+    kept too (None); at most `limit` items of each kind.
+    """
+
+    __slots__ = ("root", "inodes", "entries", "limit")
+
+    def __init__(self, root: object, limit: int = 8192) -> None:
+        self.root = root
+        self.inodes: dict[int, Inode | None] = {}
+        self.entries: dict[tuple[int, bytes], DirEntry | None] = {}
+        self.limit = limit
+
+    def keep_inode(self, ino: int, inode: Inode | None) -> Inode | None:
+        if len(self.inodes) < self.limit:
+            self.inodes[ino] = inode
+        return inode
+
+    def keep_entry(self, parent: int, name: bytes, entry: DirEntry | None) -> DirEntry | None:
+        if len(self.entries) < self.limit:
+            self.entries[parent, name] = entry
+        return entry

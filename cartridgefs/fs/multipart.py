@@ -20,14 +20,14 @@ import secrets
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..engine.btree import Ref
 from ..engine.store import Engine
 from ..engine.txn import State, Txn
 from ..errors import NotFound
-from .filesystem import Change, Ctx, FileSystem
+from .filesystem import Change, Ctx, FileSystem, FsView
 from .items import (
     T_EXTENT,
     Inode,
@@ -37,7 +37,6 @@ from .items import (
     inode_prefix,
     next_prefix,
     orphan_key,
-    xattr_key,
 )
 
 UPLOAD = b"mpu.upload"  # ‖ bucket inode u64 ‖ upload id → upload record (JSON)
@@ -179,6 +178,22 @@ class Layout:
             size, count = _RUN.unpack_from(raw, pos)
             sizes.extend([size] * count)
         return cls(md5, sizes)
+
+
+def layouts(view: FsView, inodes: Iterable[Inode]) -> dict[int, Layout]:
+    """`Uploads.layout` of many objects (by inode number; ordinary objects left out), read
+    through `view`: pinned (`FsView.pinned`), the state the inodes were read from."""
+    # A layout is stored with a new inode of ASSEMBLED_DATA_VERSION, and is stale once the
+    # content changes: only such inodes need a look (not the bulk of a listing).
+    assembled = [inode for inode in inodes if inode.is_reg and inode.etag_version
+                 == inode.data_version == ASSEMBLED_DATA_VERSION]
+    raws = view.getxattrs([inode.ino for inode in assembled], LAYOUT_XATTR)
+    found = {}
+    for inode in assembled:
+        layout = Layout.decode_for(inode, raws[inode.ino]) if inode.ino in raws else None
+        if layout is not None:
+            found[inode.ino] = layout
+    return found
 
 
 def etag_of_parts(md5s: list[bytes]) -> bytes:
@@ -339,11 +354,7 @@ class Uploads(UploadRecords):
 
     async def layout(self, inode: Inode) -> Layout | None:
         """The part layout of an assembled object, while it still describes the content."""
-        if not inode.is_reg or inode.etag_version != inode.data_version:
-            return None
-        with self.engine.reader() as state:
-            raw = self._get(state, "fs", xattr_key(inode.ino, LAYOUT_XATTR))
-        return None if raw is None else Layout.decode_for(inode, raw)
+        return layouts(self.fs.view(), [inode]).get(inode.ino)
 
     # --- changing ---
 

@@ -9,13 +9,15 @@ FUSE inode numbers. Every `CartridgeError` becomes `FUSEError(exc.errno)` in one
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
-import math
 import os
 import stat
-from collections.abc import Callable
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -34,7 +36,11 @@ SNAPDIR_INO = SNAPDIR_SLOT << SHIFT | ROOT_INO
 SNAPDIR_NAME = b".snapshots"
 TIMEOUT = 5.0
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+CAPABILITY = b"security.capability"
 ORIGIN = "fuse"
+MISSES_MAX = 100_000  # negative entries tracked at most; beyond, misses are answered uncached
+READDIR_BATCH = 256  # snapshot directories: entries read per worker-thread call
+ATTRS_MAX = 8192  # attributes kept for reuse (about 250 bytes each)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,52 @@ def _erofs() -> pyfuse3.FUSEError:
 INVALIDATE_TIMEOUT = 5.0  # seconds an invalidation may take before we stop waiting
 
 
+class _Misses:
+    """Names a lookup found missing that the kernel may still hold as negative entries.
+
+    The kernel keeps a miss for TIMEOUT without asking again; a name created by another side
+    is invalidated through its `Change`, but a restore names nothing, so it invalidates every
+    miss listed here. Entries are listed a little longer than the kernel keeps them.
+    """
+
+    def __init__(self, ttl: float = TIMEOUT + 1.0, limit: int = MISSES_MAX) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._until: OrderedDict[tuple[int, bytes], float] = OrderedDict()  # oldest first
+
+    def add(self, parent: int, name: bytes) -> bool:
+        """List a miss; False when the list is full (then the miss must not be cached)."""
+        now = time.monotonic()
+        self._expire(now)
+        key = (parent, name)
+        if key not in self._until and len(self._until) >= self._limit:
+            return False
+        self._until[key] = now + self._ttl
+        self._until.move_to_end(key)
+        return True
+
+    def current(self) -> list[tuple[int, bytes]]:
+        self._expire(time.monotonic())
+        return list(self._until)
+
+    def _expire(self, now: float) -> None:
+        while self._until:
+            key, until = next(iter(self._until.items()))
+            if until > now:
+                return
+            del self._until[key]
+
+
+def _privileged(mode: int) -> bool:
+    """Mode bits a write by an unprivileged process makes the kernel drop (setuid; setgid with
+    group execute)."""
+    return bool(mode & stat.S_ISUID or (mode & stat.S_ISGID and mode & stat.S_IXGRP))
+
+
+def _unprivileged(mode: int) -> int:
+    return mode & ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+
+
 @_wrap_all
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
@@ -101,7 +153,13 @@ class Operations(pyfuse3.Operations):
         self._slots: dict[str, int] = {}  # snapshot name -> slot
         self._names: dict[int, str] = {}  # slot -> snapshot name
         self._views: dict[int, FsView] = {}
+        self._live = fs.view()
         self._known: set[int] = set()  # inodes the kernel was told about and not yet forgot
+        self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}  # see _entry
+        self._misses = _Misses()  # live-tree names the kernel may hold as negative entries
+        self._handles: Counter[int] = Counter()  # open handles per live inode
+        self._direct: set[int] = set()  # inodes one of whose open handles does direct I/O
+        self._kill_on_write: set[int] = set()  # of those, inodes given privileges since (see write)
         self.initialised = trio.Event()  # set once the kernel's FUSE_INIT is answered
         fs.listeners.append(self._on_change)
 
@@ -112,6 +170,22 @@ class Operations(pyfuse3.Operations):
     # --- attributes ---
 
     def _entry(self, inode: Inode, fuse_ino: int, readonly: bool = False) -> pyfuse3.EntryAttributes:
+        self._known.add(fuse_ino)  # what the kernel may cache, for a restore to invalidate
+        if readonly:
+            return self._attributes(inode, fuse_ino, readonly)
+        # Live inodes come back as the same object while unchanged (FsView keeps decoded ones):
+        # their attributes are built once (a listing after a stat of every file, `ls -l`, ...).
+        cached = self._attrs.get(fuse_ino)
+        if cached is not None and cached[0] is inode:
+            return cached[1]
+        if len(self._attrs) >= ATTRS_MAX:
+            self._attrs.clear()
+        e = self._attributes(inode, fuse_ino)
+        self._attrs[fuse_ino] = (inode, e)
+        return e
+
+    def _attributes(self, inode: Inode, fuse_ino: int,
+                    readonly: bool = False) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         p = self.policy
         mode = inode.mode
@@ -119,9 +193,7 @@ class Operations(pyfuse3.Operations):
             mode &= ~p.umask
         if readonly:
             mode &= ~0o222
-        e.st_ino = fuse_ino
-        self._known.add(fuse_ino)  # what the kernel may cache, for a restore to invalidate
-        e.generation = 0
+        e.st_ino = fuse_ino  # (generation: 0, as pyfuse3 starts it)
         e.entry_timeout = TIMEOUT
         e.attr_timeout = TIMEOUT
         e.st_mode = mode
@@ -131,11 +203,23 @@ class Operations(pyfuse3.Operations):
         e.st_rdev = inode.rdev
         e.st_size = inode.size
         e.st_blksize = 4096
-        e.st_blocks = math.ceil(inode.size / 512)
+        e.st_blocks = (inode.size + 511) // 512
         e.st_atime_ns = inode.atime_ns
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = inode.ctime_ns
         e.st_birthtime_ns = inode.btime_ns
+        return e
+
+    def _miss(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        """A live-tree lookup that found no `name`: an entry with inode 0, which the kernel keeps
+        as a negative entry for TIMEOUT (no LOOKUP for that name meanwhile). A name created by
+        the kernel's own requests replaces it; any other creation invalidates it (_on_change)."""
+        if not self._misses.add(parent, name):
+            raise pyfuse3.FUSEError(errno.ENOENT)  # too many listed: this one is not cached
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = TIMEOUT
+        e.attr_timeout = 0
         return e
 
     def _snapdir_entry(self) -> pyfuse3.EntryAttributes:
@@ -187,28 +271,35 @@ class Operations(pyfuse3.Operations):
 
         Awaited by the filesystem before the change's caller gets its answer, so nothing read
         through the mount afterwards is stale. Only what the kernel may hold is invalidated
-        (inodes it was told about); the synchronous pyfuse3 calls run in a worker thread,
+        (inodes it was told about, names in directories it was told about: a name created
+        here may be cached as a miss); the synchronous pyfuse3 calls run in a worker thread,
         never inside a FUSE request handler, so they cannot deadlock with one.
         """
         if change.origin == ORIGIN:
             return
         if change.ino is None and change.parent is None:  # anything may have changed
-            stale = list(self._known)
+            stale, entries = list(self._known), self._misses.current()
         else:
             stale = [change.ino] if change.ino in self._known else []
-        entry = change.parent in self._known and change.name is not None
-        if not stale and not entry:
-            return
+            named = change.parent in self._known and change.name is not None
+            entries = [(change.parent, change.name)] if named else []
+        if stale or entries:
+            await self._tell_kernel(self._invalidate, entries, stale)
+
+    @staticmethod
+    async def _tell_kernel(invalidate: Callable, *args) -> None:
+        """Run a synchronous pyfuse3 invalidation in a worker thread, for INVALIDATE_TIMEOUT at
+        most; a failure is only logged (never let a cache hint take the mount down)."""
         with trio.move_on_after(INVALIDATE_TIMEOUT):
             try:
-                await trio.to_thread.run_sync(self._invalidate, change, stale, abandon_on_cancel=True)
-            except Exception as exc:  # never let a cache hint take the mount down
-                log.debug("invalidation of %s failed: %s", change, exc)
+                await trio.to_thread.run_sync(invalidate, *args, abandon_on_cancel=True)
+            except Exception as exc:
+                log.debug("invalidation %s%s failed: %s", invalidate.__name__, args, exc)
 
-    def _invalidate(self, change: Change, stale: list[int]) -> None:
-        if change.parent in self._known and change.name is not None:
+    def _invalidate(self, entries: list[tuple[int, bytes]], stale: list[int]) -> None:
+        for parent, name in entries:
             try:
-                pyfuse3.invalidate_entry(change.parent, change.name)
+                pyfuse3.invalidate_entry(parent, name)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # the kernel did not have that name cached
                     raise
@@ -216,9 +307,9 @@ class Operations(pyfuse3.Operations):
             self._invalidate_inode(ino)
 
     @staticmethod
-    def _invalidate_inode(ino: int) -> None:
+    def _invalidate_inode(ino: int, attr_only: bool = False) -> None:
         try:
-            pyfuse3.invalidate_inode(ino)
+            pyfuse3.invalidate_inode(ino, attr_only)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -246,8 +337,8 @@ class Operations(pyfuse3.Operations):
             if name == b"..":
                 parent = (await self.fs.getattr(ino)).parent or ROOT_INO
                 return await self.getattr(parent)
-            inode = await self.fs.lookup(ino, name)
-            return self._entry(inode, inode.ino)
+            inode = self._live.find(ino, name)
+            return self._miss(ino, name) if inode is None else self._entry(inode, inode.ino)
         slot = parent_inode >> SHIFT
         if name == b".":
             inode = await self._thread(view.getattr, ino)
@@ -289,7 +380,10 @@ class Operations(pyfuse3.Operations):
             kw["ctime_ns"] = attr.st_ctime_ns
         if not kw:
             return await self.getattr(inode)
-        return self._entry(await self.fs.setattr(_ctx(ctx), ino, **kw), ino)
+        result = await self.fs.setattr(_ctx(ctx), ino, **kw)
+        if ino in self._direct and _privileged(result.mode):
+            self._kill_on_write.add(ino)
+        return self._entry(result, ino)
 
     async def access(self, inode, mode, ctx):
         # default_permissions makes the kernel check modes; only writes to snapshots are refused.
@@ -324,23 +418,29 @@ class Operations(pyfuse3.Operations):
                     return
             return
         view, ino = self._split(fh)
-        slot = fh >> SHIFT
+        if view is None:
+            # Inline, in one reader pass that stops at the first entry the reply has no room for
+            # (the kernel asks for up to 32 KiB: about 200 entries).
+            with contextlib.closing(self._live.entries(ino, start_id)) as entries:
+                self._reply_entries(token, entries, 0)
+            return
         after = start_id
         while True:
-            if view is None:
-                batch = await self.fs.readdir(ino, after, 256)
-            else:
-                batch = await self._thread(view.readdir, ino, after, 256)
-            if not batch:
+            batch = await self._thread(view.readdir, ino, after, READDIR_BATCH)
+            if not batch or not self._reply_entries(token, batch, fh >> SHIFT):
                 return
-            for name, inode, offset in batch:
-                if slot:
-                    attr = self._entry(inode, slot << SHIFT | inode.ino, readonly=True)
-                else:
-                    attr = self._entry(inode, inode.ino)
-                if not pyfuse3.readdir_reply(token, name, attr, offset):
-                    return
-                after = offset
+            after = batch[-1][2]
+
+    def _reply_entries(self, token, entries: Iterable[tuple[bytes, Inode, int]], slot: int) -> bool:
+        """Add entries to a readdir reply; False once one did not fit (the reply is full)."""
+        for name, inode, offset in entries:
+            if slot:
+                attr = self._entry(inode, slot << SHIFT | inode.ino, readonly=True)
+            else:
+                attr = self._entry(inode, inode.ino)
+            if not pyfuse3.readdir_reply(token, name, attr, offset):
+                return False
+        return True
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._writable_parent(parent_inode, name)
@@ -397,7 +497,25 @@ class Operations(pyfuse3.Operations):
         parent = self._writable_parent(parent_inode, name)
         inode = await self.fs.create(_ctx(ctx), parent, name, stat.S_IMODE(mode) & ~ctx.umask)
         await self.fs.open(inode.ino)
-        return pyfuse3.FileInfo(fh=inode.ino), self._entry(inode, inode.ino)
+        # A new file opened write-only gets direct I/O: each write(2) is then one WRITE request
+        # and the kernel skips the GETXATTR(security.capability) it sends before every write
+        # through the page cache (to drop privileges; see write). Nothing is lost: a write-only
+        # handle never reads or maps the file, and the page cache was empty.
+        direct = flags & os.O_ACCMODE == os.O_WRONLY and not _privileged(inode.mode)
+        self._opened(inode.ino, direct)
+        return pyfuse3.FileInfo(fh=inode.ino, direct_io=direct), self._entry(inode, inode.ino)
+
+    def _opened(self, ino: int, direct: bool = False) -> None:
+        self._handles[ino] += 1
+        if direct:
+            self._direct.add(ino)
+
+    def _closed(self, ino: int) -> None:
+        self._handles[ino] -= 1
+        if self._handles[ino] <= 0:
+            del self._handles[ino]
+            self._direct.discard(ino)
+            self._kill_on_write.discard(ino)
 
     async def open(self, inode, flags, ctx):
         if inode == SNAPDIR_INO:
@@ -413,7 +531,12 @@ class Operations(pyfuse3.Operations):
         await self.fs.open(inode)
         if flags & os.O_TRUNC and found.size:
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
-            await self.fs.setattr(Ctx(ctx.uid, ctx.gid, ORIGIN), inode, size=0)
+            try:
+                await self.fs.setattr(Ctx(ctx.uid, ctx.gid, ORIGIN), inode, size=0)
+            except BaseException:
+                await self.fs.release(inode)  # no handle was given: the kernel will not release it
+                raise
+        self._opened(inode)
         return pyfuse3.FileInfo(fh=inode)
 
     async def read(self, fh, off, size):
@@ -424,7 +547,29 @@ class Operations(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         ino = self._writable(fh)
+        if ino in self._kill_on_write:
+            await self._drop_privileges(ino)
         return await self.fs.write(Ctx(0, 0, ORIGIN), ino, off, bytes(buf))
+
+    async def _drop_privileges(self, ino: int) -> None:
+        """Before a write: drop setuid/setgid and file capabilities that a file with a direct-I/O
+        handle open was given since it was opened. The kernel does that itself before writes
+        through the page cache; for direct I/O it leaves it to the filesystem, with a flag that
+        pyfuse3 does not pass on. So it is done here for every writer, also for those with
+        CAP_FSETID (who would keep setuid/setgid): the safe side."""
+        self._kill_on_write.discard(ino)
+        ctx = Ctx(0, 0, ORIGIN)
+        mode = (await self.fs.getattr(ino)).mode
+        changed = _privileged(mode)
+        if changed:
+            await self.fs.setattr(ctx, ino, mode=_unprivileged(mode))
+        try:
+            await self.fs.removexattr(ctx, ino, CAPABILITY)
+            changed = True
+        except NoAttribute:
+            pass
+        if changed:  # the kernel's cached mode must go (only attributes: a writer may hold pages)
+            await self._tell_kernel(self._invalidate_inode, ino, True)
 
     async def flush(self, fh):
         if not fh >> SHIFT:
@@ -432,7 +577,10 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh):
         if not fh >> SHIFT:
-            await self.fs.release(fh)
+            try:
+                await self.fs.release(fh)
+            finally:
+                self._closed(fh)
 
     async def fsync(self, fh, datasync):
         if not fh >> SHIFT:
@@ -485,6 +633,8 @@ class Operations(pyfuse3.Operations):
         ino = self._writable(inode)
         self._check_xattr_name(name)
         await self.fs.setxattr(_ctx(ctx), ino, name, value)
+        if name == CAPABILITY and ino in self._direct:
+            self._kill_on_write.add(ino)
 
     async def removexattr(self, inode, name, ctx):
         ino = self._writable(inode)

@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from quart import Response
 
 from cartridgefs.errors import Exists, NotADirectory, NotEmpty, NotFound
-from cartridgefs.fs.items import ROOT_INO
+from cartridgefs.fs.filesystem import FileSystem
+from cartridgefs.fs.items import ROOT_INO, Inode
+from cartridgefs.fs.multipart import Layout, layouts
 from s3api import mapping, xmlio
 from s3api.errors import S3Error
 from s3api.names import validate_bucket_name
@@ -123,27 +125,37 @@ def _token_decode(token: str) -> bytes:
                       ArgumentName="continuation-token") from None
 
 
-async def _infos(req, items, owner: bool) -> list[xmlio.ObjectInfo]:
-    from s3api.handlers.objects import etag_of
+async def _page(req, prefix: str, marker: bytes, delimiter: str | None, max_keys: int,
+                owner: bool) -> tuple[mapping.Page, list[xmlio.ObjectInfo]]:
+    """A page of keys and prefixes, and its objects' details: walked and read from one state."""
+    bucket = await mapping.bucket_inode(req.fs, req.bucket)
+    with req.fs.view().pinned() as view:
+        page = mapping.list_page(view, bucket.ino, prefix.encode(), marker,
+                                 delimiter.encode() if delimiter else None, max_keys)
+        inodes = view.getattrs(item.ino for item in page.contents)
+        parts = layouts(view, inodes.values())
+    return page, await _infos(req.fs, page.contents, inodes, parts, owner)
+
+
+async def _infos(fs: FileSystem, items: list[mapping.Listed], inodes: dict[int, Inode],
+                 parts: dict[int, Layout], owner: bool) -> list[xmlio.ObjectInfo]:
+    from s3api.handlers.objects import etag_with_layout
 
     out = []
     for item in items:
-        try:
-            inode = await req.fs.getattr(item.ino)
-            etag = EMPTY_MD5 if item.kind == "dir" else await etag_of(req.fs, inode)
-        except NotFound:
+        inode = inodes.get(item.ino)
+        if inode is None:
             continue  # deleted while we listed
+        try:
+            etag = EMPTY_MD5 if item.kind == "dir" else await etag_with_layout(
+                fs, inode, parts.get(inode.ino))
+        except NotFound:
+            continue  # deleted while we computed its ETag
         out.append(xmlio.ObjectInfo(
             key=item.key.decode(), last_modified=ns_datetime(inode.mtime_ns), etag=etag,
             size=0 if item.kind == "dir" else inode.size, owner=OWNER if owner else None,
         ))
     return out
-
-
-async def _page(req, prefix: str, marker: bytes, delimiter: str | None, max_keys: int):
-    bucket = await mapping.bucket_inode(req.fs, req.bucket)
-    return await mapping.list_page(req.fs, bucket.ino, prefix.encode(), marker,
-                                   delimiter.encode() if delimiter else None, max_keys)
 
 
 async def list_objects(req, v2: bool) -> Response:
@@ -160,9 +172,8 @@ async def list_objects(req, v2: bool) -> Response:
             marker = start_after.encode()
     else:
         marker = q.get("marker", "").encode()
-    page = await _page(req, prefix, marker, delimiter, max_keys)
     fetch_owner = not v2 or q.get("fetch-owner", "").lower() == "true"
-    contents = await _infos(req, page.contents, fetch_owner)
+    page, contents = await _page(req, prefix, marker, delimiter, max_keys, fetch_owner)
     common = [p.decode() for p in page.prefixes]
     if v2:
         result = xmlio.ListObjectsResult(
@@ -189,8 +200,7 @@ async def list_versions(req) -> Response:
     encoding = _encoding(q)
     max_keys = _max_keys(q)
     key_marker = q.get("key-marker", "")
-    page = await _page(req, prefix, key_marker.encode(), delimiter, max_keys)
-    versions = await _infos(req, page.contents, True)
+    page, versions = await _page(req, prefix, key_marker.encode(), delimiter, max_keys, True)
     result = xmlio.ListVersionsResult(
         bucket=req.bucket, prefix=prefix, max_keys=max_keys, is_truncated=page.truncated,
         versions=versions, common_prefixes=[p.decode() for p in page.prefixes],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -14,10 +13,10 @@ from urllib.parse import unquote
 import trio
 from quart import Response
 
-from cartridgefs.errors import CartridgeError, Exists, NoAttribute, NotEmpty, NotFound
+from cartridgefs.errors import CartridgeError, Exists
 from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, FileSystem
 from cartridgefs.fs.items import Inode
-from cartridgefs.fs.multipart import Uploads
+from cartridgefs.fs.multipart import Layout, Uploads
 from s3api import checksums, mapping, streams, xmlio
 from s3api.chunked import BodyVerifier
 from s3api.errors import S3Error, from_cartridge_error
@@ -46,9 +45,13 @@ _HEADER_CASE = {name: "-".join(part.capitalize() for part in name.split("-"))
 async def etag_of(fs: FileSystem, inode: Inode) -> str:
     """The content MD5 (hex): stored at PUT, computed (and remembered) for files written
     through the mount."""
+    return await etag_with_layout(fs, inode, await Uploads(fs).layout(inode))
+
+
+async def etag_with_layout(fs: FileSystem, inode: Inode, layout: Layout | None) -> str:
+    """`etag_of` given the object's part layout, already read (a listing reads a page's at once)."""
     if inode.is_dir:
         return EMPTY_MD5
-    layout = await Uploads(fs).layout(inode)
     if layout is not None:
         return layout.etag  # "<md5 of the part MD5s>-<parts>" of a multipart upload
     return inode.etag or await fs.etag(inode.ino)
@@ -107,12 +110,7 @@ def request_metadata(headers: dict[str, str]) -> tuple[dict[bytes, bytes], int |
 
 async def stored_metadata(fs: FileSystem, ino: int) -> dict[bytes, bytes]:
     """Every xattr under the S3 prefix."""
-    out = {}
-    for name in await fs.listxattr(ino):
-        if name.startswith(mapping.XATTR_PREFIX):
-            with contextlib.suppress(NoAttribute):
-                out[name] = await fs.getxattr(ino, name)
-    return out
+    return await fs.xattrs(ino, mapping.XATTR_PREFIX)
 
 
 def valid_checksums(meta: dict[bytes, bytes], inode: Inode) -> dict[str, str]:
@@ -327,7 +325,8 @@ async def get_object(req, head: bool) -> Response:
     if head or length == 0:
         response = empty(status, headers)
     else:
-        response = Response(streams.read_file(fs, inode.ino, first, length), status=status, headers=headers)
+        body = await streams.response_body(fs, inode.ino, first, length)
+        response = Response(body, status=status, headers=headers)
         response.timeout = None
     response.headers["Content-Type"] = headers["Content-Type"]
     response.headers["Content-Length"] = str(length)
@@ -355,63 +354,55 @@ async def _part_span(fs: FileSystem, inode: Inode, value: str, headers: dict[str
 # ------------------------------------------------------------------------ DeleteObject(s)
 
 
-async def _delete_one(req, bucket_ino: int, key: str) -> None:
+async def _delete_keys(req, bucket_ino: int, paths: list[mapping.KeyPath]) -> list[CartridgeError | None]:
+    """Delete the objects the keys name (a missing one is no error), in order: in one
+    transaction, or if that fails (it then changed nothing), key by key, so that each key gets
+    its own outcome. A single key's failure is raised."""
     fs, ctx = req.fs, req.ctx
-    kp = mapping.key_path(key)
-    chain = await mapping.resolve_parent(fs, bucket_ino, kp)
-    if chain is None:
-        return
+    removals = [mapping.removal(kp) for kp in paths]
     try:
-        inode = await fs.lookup(chain[-1].ino, kp.name)
-    except NotFound:
-        return
-    if kp.is_directory:
-        if not inode.is_dir or inode.flags & FLAG_IMPLICIT_DIR:
-            return
+        await fs.remove_paths(ctx, bucket_ino, removals, mapping.XATTR_PREFIX)
+        return [None] * len(removals)
+    except CartridgeError:
+        if len(removals) == 1:
+            raise
+    outcomes: list[CartridgeError | None] = []
+    for removal in removals:
         try:
-            await fs.rmdir(ctx, chain[-1].ino, kp.name)
-        except NotEmpty:
-            # As on AWS, deleting the marker leaves the objects under it: the directory becomes
-            # implicit (removed with its last object) and loses the marker's metadata.
-            await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, {})
-            await fs.set_flags(ctx, inode.ino, inode.flags | FLAG_IMPLICIT_DIR)
-            chain, names = [*chain, inode], (*kp.parents, kp.name)
-            await mapping.remove_empty_implicit(fs, ctx, chain, names)  # emptied meanwhile?
-            return
-    else:
-        if not inode.is_reg:
-            return  # no object of that name (a directory, or a symlink/device from the mount)
-        try:
-            await fs.unlink(ctx, chain[-1].ino, kp.name)
-        except NotFound:
-            return
-    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
+            await fs.remove_paths(ctx, bucket_ino, [removal], mapping.XATTR_PREFIX)
+            outcomes.append(None)
+        except CartridgeError as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 async def delete_object(req) -> Response:
     bucket = await mapping.bucket_inode(req.fs, req.bucket)
-    await _delete_one(req, bucket.ino, req.key)
+    await _delete_keys(req, bucket.ino, [mapping.key_path(req.key)])
     return empty(204)
 
 
 async def delete_objects(req) -> Response:
     bucket = await mapping.bucket_inode(req.fs, req.bucket)
     request = xmlio.parse_delete(await req.read_small())
-    deleted, errors = [], []
-    for obj in request.objects:
+    failed: dict[int, S3Error] = {}
+    paths: dict[int, mapping.KeyPath] = {}
+    for i, obj in enumerate(request.objects):
         try:
             if obj.version_id not in (None, "null"):
                 raise S3Error("InvalidArgument", "Invalid version id specified")
-            await _delete_one(req, bucket.ino, obj.key)
+            paths[i] = mapping.key_path(obj.key)
         except S3Error as err:
-            errors.append(xmlio.DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
-            continue
-        except CartridgeError as exc:
-            err = from_cartridge_error(exc, bucket=req.bucket, key=obj.key)
-            errors.append(xmlio.DeleteErrorEntry(obj.key, err.code, err.message, obj.version_id))
-            continue
-        if not request.quiet:
-            deleted.append(xmlio.DeletedEntry(obj.key, obj.version_id))
+            failed[i] = err
+    outcomes = await _delete_keys(req, bucket.ino, list(paths.values()))
+    for i, exc in zip(paths, outcomes, strict=True):
+        if exc is not None:
+            failed[i] = from_cartridge_error(exc, bucket=req.bucket, key=request.objects[i].key)
+    objs = request.objects
+    errors = [xmlio.DeleteErrorEntry(objs[i].key, err.code, err.message, objs[i].version_id)
+              for i, err in sorted(failed.items())]
+    deleted = [] if request.quiet else [xmlio.DeletedEntry(obj.key, obj.version_id)
+                                        for i, obj in enumerate(objs) if i not in failed]
     return xml(xmlio.render_delete_result(deleted, errors))
 
 
@@ -492,13 +483,13 @@ async def _write_object(req, bucket: Inode, kp, xattrs: dict[bytes, bytes], mtim
     created: list[Inode] = []
     try:
         md5, sums = await fill(ino)
-        version = (await fs.getattr(ino)).data_version
-        for algorithm, b64 in sums.items():
-            xattrs[mapping.CHECKSUM_PREFIX + algorithm.encode()] = f"{version}:{b64}".encode()
+        stored_sums = {mapping.CHECKSUM_PREFIX + algorithm.encode(): b64.encode()
+                       for algorithm, b64 in sums.items()}
         if recheck is not None:
             await recheck()
         chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
-        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs, mtime_ns=mtime_ns)
+        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs,
+                         content_xattrs=stored_sums, mtime_ns=mtime_ns)
     except BaseException:
         with trio.CancelScope(shield=True):
             try:
