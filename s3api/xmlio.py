@@ -288,16 +288,29 @@ def iso8601(moment: datetime) -> str:
     """"2009-10-12T17:50:30.000Z": UTC, milliseconds, as S3 renders timestamps."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: a listing formats a thousand of these per page.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def serialize(root: ET.Element) -> bytes:
-    """UTF-8 document with an XML declaration; control characters as character references."""
-    text = ET.tostring(root, encoding="unicode")
-    # ElementTree writes them raw, which no parser accepts; AWS writes references.
-    text = _CONTROL.sub(lambda m: f"&#{ord(m[0])};", text)
+def serialize(root: ET.Element, entries: Sequence[str] = ()) -> bytes:
+    """UTF-8 document with an XML declaration; control characters as character references.
+    `entries`: children already rendered as text (with `_escape`), appended after root's."""
+    text = _control_references(ET.tostring(root, encoding="unicode", short_empty_elements=not entries))
+    if entries:
+        close = f"</{root.tag}>"
+        text = text[: -len(close)] + "".join(entries) + close
     return f'<?xml version="1.0" encoding="UTF-8"?>\n{text}'.encode()
+
+
+def _control_references(text: str) -> str:
+    # ElementTree writes them raw, which no parser accepts; AWS writes references.
+    return _CONTROL.sub(lambda m: f"&#{ord(m[0])};", text)
+
+
+def _escape(text: str) -> str:
+    """Character data as serialize writes it."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text if text.isprintable() else _control_references(text)
 
 
 def _root(tag: str) -> ET.Element:
@@ -345,25 +358,27 @@ def _url_encoder(encoding_type: str | None) -> Encoder:
     return lambda value: value
 
 
-def _add_common_prefixes(parent: ET.Element, prefixes: Sequence[str], encode: Encoder) -> None:
-    """Append one <CommonPrefixes><Prefix> per prefix."""
-    for prefix in prefixes:
-        _add(_add(parent, "CommonPrefixes"), "Prefix", encode(prefix))
+def _common_prefixes(prefixes: Sequence[str], encode: Encoder) -> list[str]:
+    """One <CommonPrefixes><Prefix> per prefix, as text."""
+    return [f"<CommonPrefixes><Prefix>{_escape(encode(prefix))}</Prefix></CommonPrefixes>"
+            for prefix in prefixes]
 
 
-def _add_object(parent: ET.Element, tag: str, obj: ObjectInfo, encode: Encoder, versioned: bool) -> None:
-    """Append a <Contents> or <Version> element."""
-    element = _add(parent, tag)
-    _add(element, "Key", encode(obj.key))
-    if versioned:
-        _add(element, "VersionId", "null")
-        _add(element, "IsLatest", True)
-    _add(element, "LastModified", obj.last_modified)
-    _add(element, "ETag", f'"{obj.etag}"')
-    _add(element, "Size", obj.size)
-    _add(element, "StorageClass", obj.storage_class)
-    _add_owner(element, obj.owner)
-    _add_optional(element, "ChecksumAlgorithm", obj.checksum_algorithm)
+def _objects(tag: str, objects: Sequence[ObjectInfo], encode: Encoder, versioned: bool) -> list[str]:
+    """<Contents> or <Version> elements as text: one format string per object, as a listing of
+    1000 keys would otherwise build and serialize some 8000 tree nodes."""
+    version = "<VersionId>null</VersionId><IsLatest>true</IsLatest>" if versioned else ""
+    out = []
+    for obj in objects:
+        owner = (f"<Owner><ID>{_escape(obj.owner.id)}</ID><DisplayName>"
+                 f"{_escape(obj.owner.display_name)}</DisplayName></Owner>" if obj.owner else "")
+        algorithm = (f"<ChecksumAlgorithm>{_escape(obj.checksum_algorithm)}</ChecksumAlgorithm>"
+                     if obj.checksum_algorithm is not None else "")
+        out.append(f"<{tag}><Key>{_escape(encode(obj.key))}</Key>{version}"
+                   f"<LastModified>{iso8601(obj.last_modified)}</LastModified>"
+                   f'<ETag>"{_escape(obj.etag)}"</ETag><Size>{obj.size}</Size>'
+                   f"<StorageClass>{_escape(obj.storage_class)}</StorageClass>{owner}{algorithm}</{tag}>")
+    return out
 
 
 def render_list_buckets(owner: Owner, buckets: Sequence[BucketInfo]) -> bytes:
@@ -397,10 +412,8 @@ def render_list_objects_v1(page: ListObjectsResult) -> bytes:
     _add(root, "Marker", encode(page.marker))
     if page.next_marker is not None:
         _add(root, "NextMarker", encode(page.next_marker))
-    for obj in page.contents:
-        _add_object(root, "Contents", obj, encode, versioned=False)
-    _add_common_prefixes(root, page.common_prefixes, encode)
-    return serialize(root)
+    return serialize(root, [*_objects("Contents", page.contents, encode, versioned=False),
+                            *_common_prefixes(page.common_prefixes, encode)])
 
 
 def render_list_objects_v2(page: ListObjectsResult) -> bytes:
@@ -413,10 +426,8 @@ def render_list_objects_v2(page: ListObjectsResult) -> bytes:
     _add_optional(root, "NextContinuationToken", page.next_continuation_token)
     if page.start_after is not None:
         _add(root, "StartAfter", encode(page.start_after))
-    for obj in page.contents:
-        _add_object(root, "Contents", obj, encode, versioned=False)
-    _add_common_prefixes(root, page.common_prefixes, encode)
-    return serialize(root)
+    return serialize(root, [*_objects("Contents", page.contents, encode, versioned=False),
+                            *_common_prefixes(page.common_prefixes, encode)])
 
 
 def render_list_versions(page: ListVersionsResult) -> bytes:
@@ -429,10 +440,8 @@ def render_list_versions(page: ListVersionsResult) -> bytes:
     if page.next_key_marker is not None:
         _add(root, "NextKeyMarker", encode(page.next_key_marker))
     _add_optional(root, "NextVersionIdMarker", page.next_version_id_marker)
-    for obj in page.versions:
-        _add_object(root, "Version", obj, encode, versioned=True)
-    _add_common_prefixes(root, page.common_prefixes, encode)
-    return serialize(root)
+    return serialize(root, [*_objects("Version", page.versions, encode, versioned=True),
+                            *_common_prefixes(page.common_prefixes, encode)])
 
 
 def render_location(region: str) -> bytes:
@@ -544,8 +553,7 @@ def render_list_uploads(page: ListUploadsResult) -> bytes:
         _add(element, "Initiated", upload.initiated)
         _add_optional(element, "ChecksumAlgorithm", upload.checksum_algorithm)
         _add_optional(element, "ChecksumType", upload.checksum_type)
-    _add_common_prefixes(root, page.common_prefixes, encode)
-    return serialize(root)
+    return serialize(root, _common_prefixes(page.common_prefixes, encode))
 
 
 def render_delete_result(
