@@ -280,6 +280,8 @@ def main() -> int:
             failed = True
         finally:
             target.stop()
+            (workdir / "bench.cart").unlink(missing_ok=True)  # several GiB: not left behind
+            shutil.rmtree(workdir / "plain", ignore_errors=True)
     if len(results) == 2:
         report(results)
     if args.json:
