@@ -31,6 +31,7 @@ from ..errors import (
     NotEmpty,
     NotFound,
     NotPermitted,
+    ReadOnly,
 )
 from . import data
 from .buffer import DirtyRanges
@@ -130,6 +131,7 @@ class FileSystem:
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
         self._open: dict[int, _Open] = {}
         self._limiter = trio.CapacityLimiter(4)
+        self._committing: trio.Event | None = None  # set when the running durable() commit ends
         if not engine.readonly:
             self._initialise()
 
@@ -644,9 +646,25 @@ class FileSystem:
         await self._blocking(self.engine.sync)
 
     async def durable(self) -> None:
-        """Return once everything published so far is committed and synced (group commit)."""
-        if self.engine.durable_gen < self.engine.sync_target:
-            await self._blocking(self.engine.sync)
+        """Return once everything published so far is committed and synced (group commit).
+
+        One caller at a time runs the commit in a worker thread; the others wait on the loop
+        (not each in a thread of its own) and then either find their changes durable or start
+        the next commit, which takes everything published meanwhile."""
+        target = self.engine.sync_target
+        while self.engine.durable_gen < target:
+            if self.engine.readonly:  # a commit failed (sync would return at once: no retry loop)
+                raise ReadOnly("the cartridge turned read-only before these changes were committed")
+            running = self._committing
+            if running is not None:
+                await running.wait()
+                continue
+            self._committing = trio.Event()
+            try:
+                await self._blocking(self.engine.sync)
+            finally:
+                self._committing.set()
+                self._committing = None
 
     async def commit_periodically(self, interval: float = COMMIT_INTERVAL) -> None:
         """Run by a server: store buffered data and commit every `interval` s (sooner when many
