@@ -35,7 +35,7 @@ MAX_OBJECT_SIZE = 5 << 30  # 5 GiB, AWS's single-PUT limit
 # aws-chunked framing adds ~90 bytes per chunk (64 KiB chunks at least): 1% is ample.
 MAX_BODY = MAX_OBJECT_SIZE + MAX_OBJECT_SIZE // 100 + (1 << 20)
 BODY_TIMEOUT = 60.0  # seconds without any body bytes before an upload is abandoned
-BUFFERED_BODY = 1 << 20  # stop reading from the socket while this much is waiting
+BUFFERED_BODY = 512 << 10  # stop reading from the socket while this much is waiting
 # AWS allows 8 KiB of request head for a PUT; we allow twice that for any request (a head that
 # arrives in pieces is also bounded by hypercorn's h11_max_incomplete_size, see server.py).
 MAX_HEADER_SECTION = 16 << 10

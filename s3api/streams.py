@@ -14,7 +14,7 @@ from s3api.chunked import BodyVerifier, VerifiedBody
 from s3api.errors import S3Error
 
 READ_CHUNK = 1 << 20
-BODY_BATCH = 1 << 20  # bytes of request body verified and written at a time
+BODY_BATCH = 512 << 10  # bytes of request body verified and written at a time
 
 
 INLINE_BODY = 64 << 10  # bodies up to this size are verified on the loop: a thread hop costs more
