@@ -52,6 +52,15 @@ class AttrPolicy:
     umask: int | None = None
 
 
+# SetattrFields flag -> FileSystem.setattr keyword -> EntryAttributes field
+_SETATTR_FIELDS = (
+    ("update_mode", "mode", "st_mode"), ("update_uid", "uid", "st_uid"),
+    ("update_gid", "gid", "st_gid"), ("update_size", "size", "st_size"),
+    ("update_atime", "atime_ns", "st_atime_ns"), ("update_mtime", "mtime_ns", "st_mtime_ns"),
+    ("update_ctime", "ctime_ns", "st_ctime_ns"),
+)
+
+
 def _fuse_errors(fn: Callable) -> Callable:
     """Map cartridge errors to FUSE errors once, for every operation."""
 
@@ -363,21 +372,8 @@ class Operations(pyfuse3.Operations):
         ino = self._writable(inode)
         if ino == SNAPDIR_INO:
             raise _erofs()
-        kw: dict = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid:
-            kw["uid"] = attr.st_uid
-        if fields.update_gid:
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-        if fields.update_atime:
-            kw["atime_ns"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime_ns"] = attr.st_mtime_ns
-        if fields.update_ctime:
-            kw["ctime_ns"] = attr.st_ctime_ns
+        kw = {name: getattr(attr, source) for flag, name, source in _SETATTR_FIELDS
+              if getattr(fields, flag)}
         if not kw:
             return await self.getattr(inode)
         result = await self.fs.setattr(_ctx(ctx), ino, **kw)
