@@ -192,6 +192,9 @@ def run_workloads(target: Target, source: Path, size: int, small: int, listing: 
         [*rc, "copy", "t:bench/rc/", str(back)], check=True))
     shutil.rmtree(back)
     s3.delete_object(Bucket="bench", Key=f"rc/{source.name}")
+    # The downloads above left GiBs of dirty page cache on this disk: write it back now, or its
+    # writeback runs under the next phase and taxes whichever server syncs (ours, per PUT).
+    os.sync()
 
     payload = os.urandom(SMALL)
     names = [f"small/{i:06d}" for i in range(small)]
