@@ -3,6 +3,7 @@ one file into another (CopyObject, UploadPartCopy). Memory stays bounded whateve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -15,8 +16,6 @@ from s3api.errors import S3Error
 
 READ_CHUNK = 1 << 20
 BODY_BATCH = 512 << 10  # bytes of request body verified and written at a time
-
-
 INLINE_BODY = 64 << 10  # bodies up to this size are verified on the loop: a thread hop costs more
 
 
@@ -147,16 +146,18 @@ async def response_body(fs: FileSystem, ino: int, first: int, length: int) -> by
 
 async def copy_range(fs: FileSystem, ctx: Ctx, src: int, dst: int, first: int, length: int,
                      algorithms: set[str] | frozenset[str] = frozenset()) -> tuple[bytes, dict[str, str]]:
-    """Copy bytes [first, first+length) of file `src` to the start of the open file `dst`.
-    Returns their MD5 and the checksums (base64) of `algorithms`."""
+    """Copy bytes [first, first+length) of file `src` to the start of the open file `dst`
+    (the last bytes may still be buffered in `dst`, as after `receive_body`). Returns their MD5
+    and the checksums (base64) of `algorithms`."""
     md5 = hashlib.md5(usedforsecurity=False)
     hashers = {algorithm: checksums.make_hasher(algorithm) for algorithm in algorithms}
     pos = 0
-    async for data in read_file(fs, src, first, length):
-        await fs.write(ctx, dst, pos, data)
-        md5.update(data)
-        for hasher in hashers.values():
-            hasher.update(data)
-        pos += len(data)
-    await fs.flush(dst)
+    # aclosing: a failed write releases `src` at once, not when the generator is collected.
+    async with contextlib.aclosing(read_file(fs, src, first, length)) as chunks:
+        async for data in chunks:
+            await fs.write(ctx, dst, pos, data)
+            md5.update(data)
+            for hasher in hashers.values():
+                hasher.update(data)
+            pos += len(data)
     return md5.digest(), {algorithm: hasher.b64() for algorithm, hasher in hashers.items()}
