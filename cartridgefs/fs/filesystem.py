@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..engine.btree import Value
 from ..engine.store import Engine
 from ..engine.txn import State, Txn
 from ..errors import (
@@ -218,10 +219,6 @@ class FileSystem:
 
     async def getattr(self, ino: int) -> Inode:
         return self.view().getattr(ino)
-
-    async def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[tuple[bytes, Inode, int]]:
-        """Entries after readdir offset `after`: (name, inode, offset of this entry)."""
-        return self.view().readdir(ino, after, limit)
 
     async def listdir_sorted(self, ino: int, start_after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, DirEntry]]:
         """Entries in name (byte) order after `start_after`, for S3 listings."""
@@ -1188,20 +1185,26 @@ class FsView:
         return value
 
     def listxattr(self, ino: int) -> list[bytes]:
-        return list(self.xattrs(ino))
+        with self._state() as state:
+            return [name for name, _ in self._xattr_items(state, ino, b"")]
 
     def xattrs(self, ino: int, prefix: bytes = b"") -> dict[bytes, bytes]:
         engine = self.fs.engine
+        out = {}
         with self._state() as state:
-            self.fs._inode(state, ino)
-            start = xattr_key(ino, prefix)
-            skip = len(xattr_prefix(ino))
-            out = {}
-            for key, raw in engine.items(state, "fs", start, next_prefix(start)):
-                value = engine.value(raw)
+            for name, raw in self._xattr_items(state, ino, prefix):
+                value = engine.value(raw)  # (a spilled value is read only here, not to list names)
                 assert isinstance(value, bytes)
-                out[key[skip:]] = value
-            return out
+                out[name] = value
+        return out
+
+    def _xattr_items(self, state: State, ino: int, prefix: bytes) -> Iterator[tuple[bytes, Value]]:
+        """(name, stored value) of the inode's attributes whose name starts with `prefix`."""
+        self.fs._inode(state, ino)
+        start = xattr_key(ino, prefix)
+        skip = len(xattr_prefix(ino))
+        for key, raw in self.fs.engine.items(state, "fs", start, next_prefix(start)):
+            yield key[skip:], raw
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self._state() as state:
