@@ -67,8 +67,12 @@ class DirtyRanges:
             del self.chunks[-1][-cut:]
             self.nbytes -= cut
 
+    def ranges(self) -> list[tuple[int, bytearray]]:
+        return list(zip(self.starts, self.chunks, strict=True))
+
     def take(self) -> list[tuple[int, bytearray]]:
-        out = list(zip(self.starts, self.chunks, strict=True))
+        """The ranges, leaving the buffer empty."""
+        out = self.ranges()
         self.starts, self.chunks, self.nbytes = [], [], 0
         return out
 

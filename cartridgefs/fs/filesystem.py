@@ -10,6 +10,7 @@ I/O, compression, encryption, hashing) and every commit runs in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import stat
@@ -99,13 +100,23 @@ class Removal:
 
 
 @dataclass
+class _Flushing:
+    """Dirty bytes being stored by a background flush; `failed` once it is over, if it failed."""
+
+    dirty: DirtyRanges
+    done: trio.Event = field(default_factory=trio.Event)
+    failed: bool = False
+
+
+@dataclass
 class _Open:
     """State of an inode while some handle has it open."""
 
     count: int = 0
     dirty: DirtyRanges = field(default_factory=DirtyRanges)
+    flushing: _Flushing | None = None  # older than `dirty`; settled under `lock`
     lock: trio.Lock = field(default_factory=trio.Lock)
-    size: int | None = None  # size including dirty bytes, while there are any
+    size: int | None = None  # size including dirty and flushing bytes, while there are any
     mtime_ns: int | None = None
 
 
@@ -478,17 +489,19 @@ class FileSystem:
                       gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
                       mtime_ns: int | None = None, ctime_ns: int | None = None) -> Inode:
         st = self._open.get(ino)
-        if size is not None:
-            if st is not None:
-                async with st.lock:
-                    await self._flush_locked(ino, st)
-                    inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
-            else:
-                inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
-        else:
-            if st is not None and mtime_ns is not None:
-                st.mtime_ns = None  # an explicit time wins over the time of buffered writes
+        if st is None:
             inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
+        else:
+            async with st.lock:
+                if size is not None:
+                    await self._flush_locked(ino, st)
+                else:
+                    # A background flush stores the time of the writes it carries: it must be over
+                    # before an explicit time is set, which then wins over buffered writes.
+                    await self._settle(st)
+                    if mtime_ns is not None:
+                        st.mtime_ns = None
+                inode = await self._meta(self._setattr, ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns)
         await self.emit(Change(ctx.origin, ino=ino))
         return self._with_open_state(inode)
 
@@ -564,28 +577,28 @@ class FileSystem:
         if st is None:
             return
         try:
-            async with st.lock:
-                await self._flush_locked(ino, st)
+            try:
+                async with st.lock:
+                    await self._flush_locked(ino, st)
+            finally:
+                # The handle goes away whatever happened (a flush error is reported at close): on
+                # the last release, data that cannot be stored (e.g. ENOSPC) is dropped, not kept
+                # and retried forever.
+                st.count -= 1
+                if st.count <= 0:
+                    st.dirty.take()
+                    st.size = st.mtime_ns = None
+                    self._open.pop(ino, None)
         finally:
-            # The handle goes away whatever happened (a flush error was reported at close): on
-            # the last release, data that cannot be stored (e.g. ENOSPC) is dropped, not kept
-            # and retried forever.
-            st.count -= 1
             if st.count <= 0:
-                st.dirty.take()
-                st.size = st.mtime_ns = None
-                self._open.pop(ino, None)
-        if st.count > 0:
-            return
+                await self._meta(self._drop_if_orphan, ino)
 
-        def drop_if_orphan() -> None:
-            with self.engine.txn() as t:
-                inode = self._inode_or_none(t, ino)
-                # A nameless inode held by something else (a multipart upload's part) stays.
-                if inode is not None and inode.nlink == 0 and t.delete("meta", orphan_key(ino)):
-                    self._drop(t, inode)
-
-        await self._meta(drop_if_orphan)
+    def _drop_if_orphan(self, ino: int) -> None:
+        with self.engine.txn() as t:
+            inode = self._inode_or_none(t, ino)
+            # A nameless inode held by something else (a multipart upload's part) stays.
+            if inode is not None and inode.nlink == 0 and t.delete("meta", orphan_key(ino)):
+                self._drop(t, inode)
 
     async def read(self, ino: int, offset: int, size: int, streaming: bool = False) -> bytes:
         """File bytes; `streaming` for a reader going through the file once (not cached)."""
@@ -596,6 +609,10 @@ class FileSystem:
             return await self._read(ino, offset, size, st, streaming)
 
     async def _read(self, ino: int, offset: int, size: int, st: _Open | None, streaming: bool) -> bytes:
+        # Taken before the reader's snapshot: bytes a background flush stores meanwhile are
+        # overlaid from here, whether or not the snapshot has them.
+        flushing = st.flushing if st is not None else None
+
         def op() -> bytes:
             with self.engine.reader() as state:
                 inode = self._inode(state, ino)
@@ -604,6 +621,8 @@ class FileSystem:
                 file_size = st.size if st is not None and st.size is not None else inode.size
                 n = max(0, min(size, file_size - offset))
                 buf = data.read_range(self.engine, state, ino, offset, n, streaming) if n else bytearray()
+            if flushing is not None:
+                flushing.dirty.overlay(buf, offset)
             if st is not None and st.dirty:
                 st.dirty.overlay(buf, offset)
             return bytes(buf)
@@ -625,7 +644,7 @@ class FileSystem:
             st.size = max(st.size, offset + len(payload))
             st.mtime_ns = _now()
             if st.dirty.nbytes >= FLUSH_AT:
-                await self._flush_locked(ino, st)
+                await self._flush_locked(ino, st, background=True)
         await self.emit(Change(ctx.origin, ino=ino))
         return len(payload)
 
@@ -695,51 +714,98 @@ class FileSystem:
         if error is not None:
             raise error
 
-    async def _flush_locked(self, ino: int, st: _Open, then: Callable[[Txn], None] | None = None) -> None:
+    async def _flush_locked(self, ino: int, st: _Open, then: Callable[[Txn], None] | None = None,
+                            background: bool = False) -> None:
         """Store the dirty ranges of an open file as extents (caller holds st.lock); `then`
-        changes more in the same transaction (e.g. gives the file its name)."""
+        changes more in the same transaction (e.g. gives the file its name).
+
+        `background` returns once the store has started, so that the writer fills the next
+        buffer meanwhile (see `_settle`) — unless the previous background store failed: then
+        this one runs in the foreground, so the writer gets the error and the buffer stays
+        bounded."""
+        if await self._settle(st):
+            background = False
         if not st.dirty and then is None:
             if st.size is not None and st.mtime_ns is None:
                 st.size = None
             return
+        if background:
+            st.flushing = _Flushing(st.dirty)
+            st.dirty = DirtyRanges()
+            store = functools.partial(self._store, ino, st.flushing.dirty.ranges(), st.size, st.mtime_ns, None)
+            trio.lowlevel.spawn_system_task(self._store_in_background, store, st.flushing)
+            return
         ranges = st.dirty.take()
-        size, mtime = st.size, st.mtime_ns
-
-        def op() -> None:
-            written = []
-            try:
-                for start, chunk in ranges:
-                    written.append((start, len(chunk), self.engine.write_data(chunk)))
-                reserved = [ptr for _, _, ptrs in written for _, ptr in ptrs]
-                with self.engine.txn(reserved=reserved) as t:
-                    if written:
-                        self._link_written(t, ino, written, size, mtime)
-                    if then is not None:
-                        then(t)
-            except BaseException:
-                self.engine.abandon([ptr for _, _, ptrs in written for _, ptr in ptrs])
-                raise
-
         try:
             # Small files (the common case of create/write/close) skip the thread hop, which costs
             # more than storing a few KiB; like `_meta`, only when no commit holds the lock.
             small = sum(len(chunk) for _, chunk in ranges) <= INLINE_FLUSH_MAX
             if small and self.engine._writer.acquire(blocking=False):
                 try:
-                    op()
+                    self._store(ino, ranges, st.size, st.mtime_ns, then)
                 finally:
                     self.engine._writer.release()
             else:
-                await self._blocking(op)
+                await self._blocking(self._store, ino, ranges, st.size, st.mtime_ns, then)
         except BaseException:
-            # Nothing was stored: put the data back under any bytes written since (newer wins).
-            newer = st.dirty.take()
-            for start, chunk in ranges + newer:
-                st.dirty.write(start, bytes(chunk))
+            self._restore(st, ranges)
             raise
         if ranges:
             st.size = None
             st.mtime_ns = None
+
+    async def _settle(self, st: _Open) -> bool:
+        """Wait for the background flush of `st`, if any (caller holds st.lock). If it failed, its
+        bytes go back into the buffer, under any written since. Returns whether it failed."""
+        flushing = st.flushing
+        if flushing is None:
+            return False
+        await flushing.done.wait()
+        st.flushing = None
+        if flushing.failed:
+            self._restore(st, flushing.dirty.take())
+            return True
+        if not st.dirty:
+            st.size = st.mtime_ns = None  # the flush stored them
+        return False
+
+    async def _store_in_background(self, store: Callable[[], None], flushing: _Flushing) -> None:
+        """A system task: nothing awaits it but `_settle`, which learns the outcome from `flushing`
+        (the error itself comes again from the foreground retry)."""
+        try:
+            await self._blocking(store)
+        except BaseException as exc:
+            flushing.failed = True
+            log.warning("background flush failed, retried in the foreground: %s", exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            flushing.done.set()
+
+    @staticmethod
+    def _restore(st: _Open, ranges: list[tuple[int, bytearray]]) -> None:
+        """Put bytes that were not stored back into the buffer, under any written since."""
+        newer = st.dirty.take()
+        for start, chunk in ranges + newer:
+            st.dirty.write(start, chunk)
+
+    def _store(self, ino: int, ranges: list[tuple[int, bytearray]], size: int | None,
+               mtime: int | None, then: Callable[[Txn], None] | None) -> None:
+        """Write `ranges` as extents and link them to `ino` (and run `then`) in one transaction;
+        on failure nothing is stored and no space is held."""
+        written = []
+        try:
+            for start, chunk in ranges:
+                written.append((start, len(chunk), self.engine.write_data(chunk)))
+            reserved = [ptr for _, _, ptrs in written for _, ptr in ptrs]
+            with self.engine.txn(reserved=reserved) as t:
+                if written:
+                    self._link_written(t, ino, written, size, mtime)
+                if then is not None:
+                    then(t)
+        except BaseException:
+            self.engine.abandon([ptr for _, _, ptrs in written for _, ptr in ptrs])
+            raise
 
     def _link_written(self, t: Txn, ino: int, written: list, size: int | None, mtime: int | None) -> None:
         """Within `t`: make the extents just written the file's bytes at their offsets."""
