@@ -369,7 +369,15 @@ class FileSystem:
             self._drop(t, inode)
 
     def _drop(self, t: Txn, inode: Inode) -> None:
-        """Delete every item of an inode (its extents lose a reference and may be freed)."""
+        """Delete every item of an inode (its extents lose a reference and may be freed). A
+        bucket takes its unfinished multipart uploads with it, as DeleteBucket does on AWS: their
+        records are keyed by its inode (any directory: it may have been moved since)."""
+        if inode.is_dir:
+            from .multipart import Uploads  # multipart builds on this module
+
+            uploads = Uploads(self)
+            for upload in uploads.uploads_in(t, inode.ino):
+                uploads.abort_in(t, upload)
         prefix = inode_prefix(inode.ino)
         for key, _ in list(t.items("fs", prefix, next_prefix(prefix))):
             t.delete("fs", key)

@@ -292,7 +292,12 @@ class UploadRecords:
     def check(self, state: State) -> list[str]:
         """Part records, hold records and part inodes agree; every part belongs to an upload."""
         problems = []
-        uploads = {u.upload_id for u in self.uploads_in(state)}
+        uploads = set()
+        for upload in self.uploads_in(state):
+            uploads.add(upload.upload_id)
+            raw_bucket = self.engine.get(state, "fs", inode_key(upload.bucket_ino))
+            if raw_bucket is None or not Inode.decode(upload.bucket_ino, raw_bucket).is_dir:
+                problems.append(f"upload {upload.upload_id}: its bucket (inode {upload.bucket_ino}) is gone")
         held: dict[int, bytes] = {
             _U64.unpack_from(key, len(HELD))[0]: bytes(value)
             for key, value in self._items(state, "meta", HELD)

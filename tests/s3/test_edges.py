@@ -13,8 +13,10 @@ import pytest
 import trio
 from botocore.exceptions import ClientError
 
+from cartridgefs.engine.fsck import run_fsck
 from cartridgefs.engine.store import Engine
 from cartridgefs.fs.filesystem import FileSystem
+from cartridgefs.fs.fsck import FS_CHECKS
 from cartridgefs.fs.items import ROOT_INO
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -236,3 +238,32 @@ def test_directory_marker_on_implicit_directory(s3, bucket):
     s3.delete_object(Bucket=bucket, Key="d/obj")
     assert listed() == []  # and went away with its last object
     assert "CommonPrefixes" not in s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+
+
+def test_delete_bucket_takes_its_unfinished_uploads(own_server, seeded):
+    """As on AWS, DeleteBucket succeeds with unfinished multipart uploads and takes them along:
+    every block of their parts is freed, and a new bucket of that name has no uploads."""
+    cart, before = seeded
+    server = own_server()
+    s3 = server.client()
+    s3.create_bucket(Bucket="gone")
+    upload_id = s3.create_multipart_upload(Bucket="gone", Key="big")["UploadId"]
+    for number in (1, 2):
+        s3.upload_part(Bucket="gone", Key="big", UploadId=upload_id, PartNumber=number,
+                       Body=bytes([number]) * 5 * MiB)
+    s3.put_object(Bucket="gone", Key="obj", Body=b"x")
+    with pytest.raises(ClientError) as exc:
+        s3.delete_bucket(Bucket="gone")
+    assert code(exc) == "BucketNotEmpty"  # objects still count
+    s3.delete_object(Bucket="gone", Key="obj")
+    s3.delete_bucket(Bucket="gone")
+    s3.create_bucket(Bucket="gone")
+    assert s3.list_multipart_uploads(Bucket="gone").get("Uploads", []) == []
+    s3.delete_bucket(Bucket="gone")
+    server.stop()
+    assert cartridge_state(cart) == before
+    engine = Engine.open(str(cart), readonly=True)
+    try:
+        assert {k: v for k, v in run_fsck(engine, extra=FS_CHECKS).items() if v} == {}
+    finally:
+        engine.close()
