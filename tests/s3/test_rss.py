@@ -6,46 +6,14 @@ import hashlib
 import io
 import random
 import shutil
-import threading
-from pathlib import Path
 
 import pytest
+
+from benchmarks.procstat import PeakRSS, rss
 
 MiB = 1 << 20
 SIZE = 2 << 30
 RSS_GROWTH_LIMIT = 100 * MiB
-
-
-def rss(pid: int) -> int:
-    """The resident set size of process `pid` in bytes (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-class PeakRSS:
-    """Samples a process's RSS every `interval` seconds in a thread while in the with-block."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss(self.pid))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss(self.pid))
 
 
 class PatternBody(io.RawIOBase):
