@@ -13,6 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cartridgefs.engine import seal as seal_module
 from cartridgefs.engine.blockdev import BLOCK_SIZE, MemoryDevice
 from cartridgefs.engine.seal import (
     CODEC_RAW,
@@ -266,6 +267,27 @@ def test_codec_choice():
     assert encode_extent(b"", compress=True) == (CODEC_RAW, b"")
     codec, frame = encode_extent(memoryview(TEXT), compress=True, level=1)
     assert codec == CODEC_ZSTD and decode_extent(codec, frame, len(TEXT)) == TEXT
+
+
+def test_samples_decide_whether_to_compress(monkeypatch):
+    """Incompressible data is recognised from its samples, without compressing all of it; data
+    with a compressible sample is compressed whole, and kept compressed if that pays."""
+    calls: list[int] = []
+    real = seal_module._compressor
+
+    def counting(level: int):
+        calls.append(level)
+        return real(level)
+
+    monkeypatch.setattr(seal_module, "_compressor", counting)
+    noise = os.urandom(128 * 1024)
+    assert encode_extent(noise, compress=True)[0] == CODEC_RAW
+    assert calls == [seal_module.SAMPLE_LEVEL]  # the samples only
+    calls.clear()
+    text_in_middle = noise[:32768] + (TEXT * 100)[:65536] + noise[-32768:]
+    codec, frame = encode_extent(text_in_middle, compress=True)
+    assert calls == [seal_module.SAMPLE_LEVEL, 3]
+    assert codec == CODEC_ZSTD and decode_extent(codec, frame, len(text_in_middle)) == text_in_middle
 
 
 def test_codec_needs_three_percent():
