@@ -66,19 +66,19 @@ class S3Request:
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
 
     async def chunks(self):
-        """The request body as it arrives, each read bounded by the body timeout."""
-        body = request.body.__aiter__()
+        """The request body as it arrives, each wait for the client bounded by the body timeout."""
+        body = request.body
         while True:
-            with trio.move_on_after(self.settings.body_timeout) as scope:
-                try:
-                    chunk = await body.__anext__()
-                except StopAsyncIteration:
-                    return
-                except RequestEntityTooLarge:
-                    raise S3Error("EntityTooLarge") from None
-            if scope.cancelled_caught:
-                raise S3Error("RequestTimeout", "No body bytes arrived in "
-                              f"{self.settings.body_timeout:g} seconds.")
+            if body.ready:  # no waiting, so no timeout: a cancel scope costs more than a small body
+                chunk = await _next_piece(body)
+            else:
+                with trio.move_on_after(self.settings.body_timeout) as scope:
+                    chunk = await _next_piece(body)
+                if scope.cancelled_caught:
+                    raise S3Error("RequestTimeout", "No body bytes arrived in "
+                                  f"{self.settings.body_timeout:g} seconds.")
+            if chunk is None:
+                return
             yield chunk
 
     async def read_small(self, limit: int = 8 << 20) -> bytes:
@@ -122,6 +122,11 @@ class _Body(TrioBody):
             self._must_raise = RequestEntityTooLarge()
             self.set_complete()
 
+    @property
+    def ready(self) -> bool:
+        """Whether `__anext__` answers without waiting for the client."""
+        return self._must_raise is not None or self._complete.is_set() or self._has_data.is_set()
+
     def _take(self) -> bytes:
         pieces, self._pieces, self.buffered = self._pieces, [], 0
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -146,6 +151,16 @@ class _Body(TrioBody):
         if self._must_raise is not None:
             raise self._must_raise
         return self._take()
+
+
+async def _next_piece(body: _Body) -> bytes | None:
+    """The next bytes of the body, None at its end."""
+    try:
+        return await body.__anext__()
+    except StopAsyncIteration:
+        return None
+    except RequestEntityTooLarge:
+        raise S3Error("EntityTooLarge") from None
 
 
 class _Request(TrioRequest):

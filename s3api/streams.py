@@ -46,12 +46,25 @@ async def receive_body(req, ino: int, verifier: BodyVerifier, flush_every: int |
                 await fs.flush(ino)
                 flushed = offset
 
-    if verifier.declared_size is not None and verifier.declared_size <= INLINE_BODY:
+    if fits_in_memory(verifier):
         async for chunk in req.chunks():
             await store(chunk)
     else:
         await _pipelined(req.chunks(), store)
     return verifier.finish()
+
+
+def fits_in_memory(verifier: BodyVerifier) -> bool:
+    """Whether the body declares a payload of at most INLINE_BODY bytes (the verifier refuses
+    more than declared, so `read_body` holds at most that)."""
+    return verifier.declared_size is not None and verifier.declared_size <= INLINE_BODY
+
+
+async def read_body(req, verifier: BodyVerifier) -> tuple[bytes, VerifiedBody]:
+    """A body that `fits_in_memory`, read whole through `verifier` on the loop and verified:
+    its payload and what the verifier found."""
+    parts = [verifier.feed(chunk) async for chunk in req.chunks()]
+    return b"".join(parts), verifier.finish()
 
 
 async def _pipelined(chunks: AsyncIterator[bytes], store: Callable[[bytes], Awaitable[None]]) -> None:

@@ -898,12 +898,52 @@ class FileSystem:
         await self.release(ino)
         await self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
 
+    async def publish_bytes(self, ctx: Ctx, parent: int, name: bytes, payload: bytes, *,
+                            mode: int = 0o644, md5: bytes | None = None,
+                            xattrs: dict[bytes, bytes] | None = None,
+                            content_xattrs: dict[bytes, bytes] | None = None,
+                            mtime_ns: int | None = None) -> int:
+        """`create_unlinked`, `write` and `publish` of a file held in memory, as one transaction:
+        a new file holding `payload`, named `name` (replacing a file of that name). No orphan
+        record and no open state are needed, and a failure stores nothing and holds no space.
+        Returns the new inode number."""
+        check_name(name)
+
+        def op() -> int:
+            ptrs = self.engine.write_data(payload) if payload else []
+            # `reserved`: the extents are given back unless the transaction links them.
+            with self.engine.txn(reserved=[ptr for _, ptr in ptrs]) as t:
+                now = _now()
+                # Not `_new_inode`, which would store it here and `_give_name` again. data_version
+                # as `write` + `publish` leave it: 1 once bytes were stored.
+                inode = Inode(t.alloc_inode(), stat.S_IFREG | mode, uid=ctx.uid, gid=ctx.gid,
+                              size=len(payload), atime_ns=now, mtime_ns=now, ctime_ns=now,
+                              btime_ns=now, data_version=1 if ptrs else 0)
+                data.link(t, inode.ino, 0, ptrs)
+                self._give_name(t, inode, parent, name, now, md5=md5, xattrs=xattrs,
+                                content_xattrs=content_xattrs, mtime_ns=mtime_ns)
+                return inode.ino
+
+        # Small files are stored on the loop thread when the writer lock is free, as flushes are.
+        ino = await self._meta(op, inline=len(payload) <= INLINE_FLUSH_MAX)
+        await self.emit(Change(ctx.origin, ino=parent, parent=parent, name=name))
+        return ino
+
     def name_unlinked(self, t: Txn, ino: int, parent: int, name: bytes, *, md5: bytes | None = None,
                       xattrs: dict[bytes, bytes] | None = None, content_xattrs: dict[bytes, bytes] | None = None,
                       mtime_ns: int | None = None) -> None:
         """Within transaction `t`: `publish` without the flush (also used to complete multipart
         uploads, whose assembly must happen in the same transaction)."""
-        now = _now()
+        self._give_name(t, self._inode(t, ino), parent, name, _now(), md5=md5, xattrs=xattrs,
+                        content_xattrs=content_xattrs, mtime_ns=mtime_ns)
+        t.delete("meta", orphan_key(ino))
+
+    def _give_name(self, t: Txn, inode: Inode, parent: int, name: bytes, now: int, *,
+                   md5: bytes | None, xattrs: dict[bytes, bytes] | None,
+                   content_xattrs: dict[bytes, bytes] | None, mtime_ns: int | None) -> None:
+        """Within `t`: store the nameless file `inode` (as given: it need not be stored yet) with
+        link count 1, its ETag and attributes, under `name` in `parent`, replacing a file of that
+        name."""
         pdir = self._dir(t, parent)
         old = self._entry(t, parent, name)
         if old is not None:
@@ -912,21 +952,19 @@ class FileSystem:
                 raise IsADirectory(f"{name!r} is a directory")
             pdir = self._remove_entry(t, pdir, name, old, now)
             self._unlink_inode(t, old_inode, now)
-        inode = self._inode(t, ino)
         fields: dict = {"nlink": 1, "ctime_ns": now}
         if mtime_ns is not None:
             fields["mtime_ns"] = mtime_ns
         if md5 is not None:
             fields.update(etag_version=inode.data_version, etag_md5=md5)
         inode = inode.changed(**fields)
-        t.put("fs", inode_key(ino), inode.encode())
+        t.put("fs", inode_key(inode.ino), inode.encode())
         for key, value in (xattrs or {}).items():
-            t.put("fs", xattr_key(ino, key), value)
+            t.put("fs", xattr_key(inode.ino, key), value)
         # Attributes that describe this content only (checksums): tagged with its version, so a
         # later write through the mount makes them visibly stale.
         for key, value in (content_xattrs or {}).items():
-            t.put("fs", xattr_key(ino, key), b"%d:%s" % (inode.data_version, value))
-        t.delete("meta", orphan_key(ino))
+            t.put("fs", xattr_key(inode.ino, key), b"%d:%s" % (inode.data_version, value))
         self._add_entry(t, pdir, name, inode, now)
 
     async def replace_xattrs(self, ctx: Ctx, ino: int, prefix: bytes, values: dict[bytes, bytes],

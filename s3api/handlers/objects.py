@@ -252,12 +252,8 @@ async def put_object(req) -> Response:
     await check_existing()
     if kp.is_directory:
         return await _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns)
-
-    async def receive(ino: int) -> tuple[bytes, dict[str, str]]:
-        received = await streams.receive_body(req, ino, verifier)
-        return bytes.fromhex(received.md5_hex), received.checksums
-
-    md5, sums = await _write_object(req, bucket, kp, xattrs, mtime_ns, receive, check_existing)
+    put = _put_small if streams.fits_in_memory(verifier) else _put_streamed
+    md5, sums = await put(req, bucket, kp, verifier, xattrs, mtime_ns, check_existing)
     headers = {"ETag": f'"{md5.hex()}"'}
     for algorithm, b64 in sums.items():
         headers[checksums.header_name(algorithm)] = b64
@@ -471,6 +467,36 @@ async def copy_object(req) -> Response:
     return xml(xmlio.render_copy_object(md5.hex(), ns_datetime(mtime_ns), sums))
 
 
+async def _put_small(req, bucket: Inode, kp, verifier: BodyVerifier, xattrs: dict[bytes, bytes],
+                     mtime_ns: int | None, recheck: Callable[[], Awaitable[None]]) -> tuple[bytes, dict[str, str]]:
+    """A body that fits in memory: received and verified whole, then stored with its name and
+    attributes in one transaction (`publish_bytes`). A failure anywhere leaves nothing behind:
+    nothing is stored before the body is verified, the transaction stores all or nothing, and
+    `_store_named` removes the parent directories it made."""
+    payload, received = await streams.read_body(req, verifier)
+    md5, sums = bytes.fromhex(received.md5_hex), received.checksums
+    await recheck()
+
+    async def store(parent: int) -> None:
+        await req.fs.publish_bytes(req.ctx, parent, kp.name, payload,
+                                   **_object_attributes(md5, sums, xattrs, mtime_ns))
+
+    await _store_named(req, bucket, kp, store)
+    return md5, sums
+
+
+async def _put_streamed(req, bucket: Inode, kp, verifier: BodyVerifier, xattrs: dict[bytes, bytes],
+                        mtime_ns: int | None, recheck: Callable[[], Awaitable[None]]) -> tuple[bytes, dict[str, str]]:
+    """A larger body, or one of unknown length: written into a nameless file as it arrives
+    (memory stays bounded), then published."""
+
+    async def receive(ino: int) -> tuple[bytes, dict[str, str]]:
+        received = await streams.receive_body(req, ino, verifier)
+        return bytes.fromhex(received.md5_hex), received.checksums
+
+    return await _write_object(req, bucket, kp, xattrs, mtime_ns, receive, recheck)
+
+
 async def _write_object(req, bucket: Inode, kp, xattrs: dict[bytes, bytes], mtime_ns: int | None,
                         fill: Callable[[int], Awaitable[tuple[bytes, dict[str, str]]]],
                         recheck: Callable[[], Awaitable[None]] | None = None) -> tuple[bytes, dict[str, str]]:
@@ -479,24 +505,43 @@ async def _write_object(req, bucket: Inode, kp, xattrs: dict[bytes, bytes], mtim
     file, nor parent directories made for it."""
     fs, ctx = req.fs, req.ctx
     ino = await fs.create_unlinked(ctx)
-    chain: list[Inode] = []
-    created: list[Inode] = []
     try:
         md5, sums = await fill(ino)
-        stored_sums = {mapping.CHECKSUM_PREFIX + algorithm.encode(): b64.encode()
-                       for algorithm, b64 in sums.items()}
         if recheck is not None:
             await recheck()
-        chain, created = await mapping.ensure_parents(fs, ctx, bucket.ino, kp, req.bucket)
-        await fs.publish(ctx, ino, chain[-1].ino, kp.name, md5=md5, xattrs=xattrs,
-                         content_xattrs=stored_sums, mtime_ns=mtime_ns)
+
+        async def store(parent: int) -> None:
+            await fs.publish(ctx, ino, parent, kp.name, **_object_attributes(md5, sums, xattrs, mtime_ns))
+
+        await _store_named(req, bucket, kp, store)
     except BaseException:
         with trio.CancelScope(shield=True):
             try:
                 await fs.discard_unlinked(ino)
-                if created:
-                    await mapping.remove_empty_implicit(fs, ctx, chain, kp.parents)
             except Exception:
                 log.exception("cleaning up after a failed %s", req.method)
         raise
     return md5, sums
+
+
+def _object_attributes(md5: bytes, sums: dict[str, str], xattrs: dict[bytes, bytes],
+                       mtime_ns: int | None) -> dict:
+    """The keyword arguments of `publish`/`publish_bytes` for an object's content and metadata."""
+    stored_sums = {mapping.CHECKSUM_PREFIX + algorithm.encode(): b64.encode()
+                   for algorithm, b64 in sums.items()}
+    return {"md5": md5, "xattrs": xattrs, "content_xattrs": stored_sums, "mtime_ns": mtime_ns}
+
+
+async def _store_named(req, bucket: Inode, kp, store: Callable[[int], Awaitable[None]]) -> None:
+    """Create the key's missing parent directories and `store(parent ino)` the object there; if
+    that fails (or the client goes away), the directories made for it go again."""
+    chain: list[Inode] = []
+    created: list[Inode] = []
+    try:
+        chain, created = await mapping.ensure_parents(req.fs, req.ctx, bucket.ino, kp, req.bucket)
+        await store(chain[-1].ino)
+    except BaseException:
+        if created:
+            with trio.CancelScope(shield=True):  # (it logs its own errors, never raises them)
+                await mapping.remove_empty_implicit(req.fs, req.ctx, chain, kp.parents)
+        raise
