@@ -1193,6 +1193,16 @@ class FsView:
             memo = FsView._decoded = Decoded(root)
         return memo
 
+    def _live_memo(self) -> Decoded | None:
+        """The memo when it holds items of the live tree's current version, found without
+        pinning a reader: an answer made only of items kept there reads nothing from the tree,
+        so it needs no reader (a reader costs about as much as the rest of such an answer).
+        None for a snapshot view, a view holding a state, or when the memo is of another version."""
+        if self.snapshot is not None or self._held is not None:
+            return None
+        memo = FsView._decoded
+        return memo if memo.root is self.fs.engine.state.roots.get("fs") else None
+
     def _inode(self, state: State, ino: int, memo: Decoded | None = None) -> Inode:
         memo = memo or self._memo(state)
         inode = memo.inodes.get(ino, memo)  # (the memo itself: not looked up yet)
@@ -1217,13 +1227,26 @@ class FsView:
         return entry
 
     def getattr(self, ino: int) -> Inode:
-        with self._state() as state:
-            inode = self._inode(state, ino)
+        memo = self._live_memo()
+        inode = memo.inodes.get(ino) if memo is not None else None
+        if inode is None:
+            with self._state() as state:
+                inode = self._inode(state, ino)
         return self._seen(inode)
 
     def find(self, parent: int, name: bytes) -> Inode | None:
         """The inode named `name` in directory `parent`; None when the directory has no such name
         (NotFound or NotADirectory when `parent` itself is missing or not a directory)."""
+        memo = self._live_memo()
+        if memo is not None:  # answered from the memo when both items are there
+            entry = memo.entries.get((parent, name), memo)
+            if entry is not memo:
+                found = memo.inodes.get(parent if entry is None else entry.ino)
+                if found is not None:
+                    if entry is not None:
+                        return self._seen(found)
+                    if found.is_dir:
+                        return None
         with self._state() as state:
             memo = self._memo(state)
             entry = self._entry(state, parent, name, memo)
@@ -1247,11 +1270,21 @@ class FsView:
             memo = self._memo(state)
             self._dir(state, ino, memo)
             start = dirseq_key(ino, after + 1)
+            kept_entries, kept_inodes = memo.entries, memo.inodes
+            opened = None if self.snapshot else self.fs._open  # see _seen
             for key, name in self.fs.engine.items(state, "fs", start, next_prefix(start[:9])):
-                entry = self._entry(state, ino, name, memo)
-                if entry is not None:
-                    inode = self._seen(self._inode(state, entry.ino, memo))
-                    yield name, inode, int.from_bytes(key[9:], "big")
+                # (the memo lookups of _entry and _inode inline: this runs for every entry)
+                entry = kept_entries.get((ino, name), memo)
+                if entry is memo:
+                    entry = self._entry(state, ino, name, memo)
+                if entry is None:
+                    continue
+                inode = kept_inodes.get(entry.ino)
+                if inode is None:
+                    inode = self._inode(state, entry.ino, memo)
+                if opened and inode.ino in opened:
+                    inode = self._seen(inode)
+                yield name, inode, int.from_bytes(key[9:], "big")
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[bytes, Inode, int]]:
         out: list[tuple[bytes, Inode, int]] = []

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import select
 import signal
+import time
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +21,94 @@ from .ops import AttrPolicy, Operations
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the mount's kernel read-ahead (at the default 128 KiB reads are ~3x slower)
+GC_YOUNG = 10_000  # new container objects between young collections (Python's default: 700)
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for a serving process.
+
+    The objects alive once the mount is set up (modules, functions, classes: most of the
+    ~60 000 the collector tracks) are moved out of its reach (`gc.freeze`), and young
+    collections run every GC_YOUNG new objects instead of 700. Decoded inodes kept for reuse
+    count as new objects: at the defaults a `stat` of 5000 files met a full collection of
+    ~25 ms, and the collector took ~1 µs per request overall; at these settings ~0.2 µs.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+
+
+FAST_PATH_S = 0.0005  # the FUSE loop passes through the scheduler at least this often (seconds)
+
+
+class _FuseLoop:
+    """What pyfuse3's request loop gets for `trio.Lock` and `trio.lowlevel.wait_readable`, which
+    it uses only around waiting for /dev/fuse: both return without a pass through the scheduler
+    when a request is already waiting and no other task is ready to run.
+
+    A request usually is waiting: the kernel wakes the requesting process with our reply, and on
+    a busy machine that process runs (and sends its next request) before this loop goes on. A
+    request then costs a poll(2) instead of two passes through the scheduler (one for the lock,
+    which trio makes a checkpoint even when free, one for the wait), an epoll_ctl and an
+    epoll_wait: a cold `stat` (one LOOKUP) took 18 instead of 36 µs of CPU. Other tasks are not
+    kept waiting: the fast path is not taken when one is ready to run (except pyfuse3's own
+    tasks waiting for the lock) nor for longer than FAST_PATH_S, after which a real wait lets
+    the scheduler look for I/O, timers and thread results.
+    """
+
+    def __init__(self) -> None:
+        self.woken = 0  # tasks woken from the lock's queue that have not run yet
+        self._polls: dict[int, select.poll] = {}
+        self._until = 0.0  # the fast path may be taken until then
+
+    def lock(self) -> _ReadLock:
+        return _ReadLock(self)
+
+    async def wait_readable(self, fd: int) -> None:
+        if time.monotonic() < self._until:
+            poll = self._polls.get(fd)
+            if poll is None:
+                poll = self._polls[fd] = select.poll()
+                poll.register(fd, select.POLLIN)
+            if poll.poll(0) and trio.lowlevel.current_statistics().tasks_runnable <= self.woken:
+                return
+        await trio.lowlevel.wait_readable(fd)
+        self._until = time.monotonic() + FAST_PATH_S
+
+    def trio(self) -> types.ModuleType:
+        """A stand-in for the `trio` module as pyfuse3 sees it (its module global `pyfuse3.trio`,
+        the hook its asyncio mode uses): trio but for these two."""
+        lowlevel = types.ModuleType("trio.lowlevel (cartridge)")
+        lowlevel.__getattr__ = lambda name: getattr(trio.lowlevel, name)
+        lowlevel.wait_readable = self.wait_readable
+        module = types.ModuleType("trio (cartridge)")
+        module.__getattr__ = lambda name: getattr(trio, name)
+        module.Lock = self.lock
+        module.lowlevel = lowlevel
+        return module
+
+
+class _ReadLock:
+    """pyfuse3's lock around waiting for /dev/fuse, taken at once when free."""
+
+    __slots__ = ("_loop", "_held", "_waiting")
+
+    def __init__(self, loop: _FuseLoop) -> None:
+        self._loop = loop
+        self._held = False
+        self._waiting = trio.lowlevel.ParkingLot()
+
+    async def __aenter__(self) -> None:
+        while self._held:  # a woken task takes the lock only if no other took it meanwhile
+            await self._waiting.park()
+            self._loop.woken -= 1
+        self._held = True
+
+    async def __aexit__(self, *exc) -> None:
+        self._held = False
+        if self._waiting:
+            self._waiting.unpark()
+            self._loop.woken += 1
 
 
 @dataclass
@@ -127,7 +219,12 @@ async def serve(
                 nursery.start_soon(task)
             if on_ready is not None:
                 on_ready()
-            await pyfuse3.main()
+            _tune_gc()
+            pyfuse3.trio = _FuseLoop().trio()
+            try:
+                await pyfuse3.main()
+            finally:
+                pyfuse3.trio = trio
             unmount = signalled
             nursery.cancel_scope.cancel()
     finally:

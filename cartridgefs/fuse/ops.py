@@ -104,6 +104,17 @@ def _erofs() -> pyfuse3.FUSEError:
 INVALIDATE_TIMEOUT = 5.0  # seconds an invalidation may take before we stop waiting
 
 
+def _negative_entry() -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = 0
+    e.entry_timeout = TIMEOUT
+    e.attr_timeout = 0
+    return e
+
+
+_NEGATIVE = _negative_entry()  # every miss answers with it (pyfuse3 copies it into the reply)
+
+
 class _Misses:
     """Names a lookup found missing that the kernel may still hold as negative entries.
 
@@ -225,11 +236,7 @@ class Operations(pyfuse3.Operations):
         the kernel's own requests replaces it; any other creation invalidates it (_on_change)."""
         if not self._misses.add(parent, name):
             raise pyfuse3.FUSEError(errno.ENOENT)  # too many listed: this one is not cached
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = 0
-        e.entry_timeout = TIMEOUT
-        e.attr_timeout = 0
-        return e
+        return _NEGATIVE
 
     def _snapdir_entry(self) -> pyfuse3.EntryAttributes:
         root_like = Inode(ROOT_INO, stat.S_IFDIR | 0o555, nlink=2)
@@ -326,6 +333,11 @@ class Operations(pyfuse3.Operations):
     # --- namespace ---
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if parent_inode <= LOW and name != b"." and name != b".." and not (
+                parent_inode == ROOT_INO and name == SNAPDIR_NAME):
+            # A name in the live tree (first: by far the most frequent request).
+            inode = self._live.find(parent_inode, name)
+            return self._miss(parent_inode, name) if inode is None else self._entry(inode, inode.ino)
         if parent_inode == SNAPDIR_INO:
             if name == b".":
                 return self._snapdir_entry()
@@ -340,14 +352,11 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT_INO and name == SNAPDIR_NAME:
             return self._snapdir_entry()
         view, ino = self._split(parent_inode)
-        if view is None:
+        if view is None:  # "." or ".." (other names are found above)
             if name == b".":
                 return await self.getattr(parent_inode)
-            if name == b"..":
-                parent = (await self.fs.getattr(ino)).parent or ROOT_INO
-                return await self.getattr(parent)
-            inode = self._live.find(ino, name)
-            return self._miss(ino, name) if inode is None else self._entry(inode, inode.ino)
+            parent = (await self.fs.getattr(ino)).parent or ROOT_INO
+            return await self.getattr(parent)
         slot = parent_inode >> SHIFT
         if name == b".":
             inode = await self._thread(view.getattr, ino)
@@ -429,12 +438,22 @@ class Operations(pyfuse3.Operations):
 
     def _reply_entries(self, token, entries: Iterable[tuple[bytes, Inode, int]], slot: int) -> bool:
         """Add entries to a readdir reply; False once one did not fit (the reply is full)."""
+        reply = pyfuse3.readdir_reply
+        if slot:
+            for name, inode, offset in entries:
+                if not reply(token, name, self._entry(inode, slot << SHIFT | inode.ino, True), offset):
+                    return False
+            return True
+        # Live entries: _entry's reuse of built attributes inline (this runs for every entry).
+        attrs, known = self._attrs, self._known
         for name, inode, offset in entries:
-            if slot:
-                attr = self._entry(inode, slot << SHIFT | inode.ino, readonly=True)
+            cached = attrs.get(inode.ino)
+            if cached is not None and cached[0] is inode:
+                known.add(inode.ino)
+                attr = cached[1]
             else:
                 attr = self._entry(inode, inode.ino)
-            if not pyfuse3.readdir_reply(token, name, attr, offset):
+            if not reply(token, name, attr, offset):
                 return False
         return True
 

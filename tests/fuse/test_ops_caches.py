@@ -184,3 +184,60 @@ async def test_a_listing_stopped_early_releases_its_reader(fs):
     rest = fs.view().readdir(ROOT_INO, batch[-1][2], 100)
     assert [name for name, _, _ in rest] == [b"f%d" % i for i in range(3, 10)]
     assert not fs.engine._readers
+
+
+async def test_answers_found_in_the_memo_pin_no_reader(fs, monkeypatch):
+    view = fs.view()
+    d = await fs.mkdir(S3, ROOT_INO, b"d")
+    f = await fs.create(S3, d.ino, b"f")
+    assert view.find(d.ino, b"f").ino == f.ino  # read from the tree, and kept
+    assert view.find(d.ino, b"g") is None  # a miss, kept too
+    with pytest.raises(NotADirectory):
+        view.find(f.ino, b"x")
+    readers = []
+    reader = fs.engine.reader
+    monkeypatch.setattr(fs.engine, "reader", lambda *a: readers.append(a) or reader(*a))
+    assert view.find(d.ino, b"f").ino == f.ino
+    assert view.find(d.ino, b"g") is None
+    assert view.getattr(f.ino) == view.find(d.ino, b"f")
+    assert readers == []
+    with pytest.raises(NotADirectory):  # a miss kept under a file is still an error
+        view.find(f.ino, b"x")
+    readers.clear()
+    await fs.open(f.ino)
+    await fs.write(S3, f.ino, 0, b"abc")  # buffered: the same tree, another size
+    assert view.find(d.ino, b"f").size == 3 and view.getattr(f.ino).size == 3
+    assert readers == []
+    await fs.release(f.ino)  # stored: a new version of the tree, read again
+    assert view.getattr(f.ino).size == 3 and readers
+    g = await fs.create(S3, d.ino, b"g")
+    assert view.find(d.ino, b"g").ino == g.ino  # the kept miss belonged to an older version
+
+
+async def test_a_listing_reply_reuses_attributes_and_shows_buffered_sizes(fs, monkeypatch,
+                                                                          invalidated):
+    ops = Operations(fs)
+    d = await fs.mkdir(S3, ROOT_INO, b"d")
+    files = [await fs.create(S3, d.ino, b"f%d" % i) for i in range(5)]
+    built = await ops.getattr(files[0].ino)
+    await fs.open(files[1].ino)
+    await fs.write(S3, files[1].ino, 0, b"12345")
+    replied: list[tuple[bytes, pyfuse3.EntryAttributes, int]] = []
+    room = [3]
+
+    def reply(token, name, attr, offset):
+        if len(replied) >= room[0]:
+            return False  # full
+        replied.append((name, attr, offset))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    await ops.readdir(d.ino, 0, None)
+    assert [name for name, _, _ in replied] == [b"f0", b"f1", b"f2"]
+    assert replied[0][1] is built  # unchanged: built once
+    assert replied[1][1].st_size == 5  # bytes not stored yet count
+    assert {f.ino for f in files[:3]} <= ops._known
+    room[0] = 10
+    await ops.readdir(d.ino, replied[-1][2], None)  # the next reply goes on from there
+    assert [name for name, _, _ in replied] == [b"f%d" % i for i in range(5)]
+    await fs.release(files[1].ino)
