@@ -36,6 +36,7 @@ MAX_SKEW = timedelta(minutes=15)
 MAX_PRESIGN_EXPIRES = 604800  # one week, AWS's limit
 
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE_FIELDS = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z")
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _PAYLOAD_MARKERS = frozenset({
     UNSIGNED_PAYLOAD, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER,
@@ -165,11 +166,10 @@ def _header_claim(authorization: str, headers: dict[str, str], now: datetime) ->
         raise S3Error("AuthorizationHeaderMalformed", "The authorization header is malformed; "
                       "it must have Credential, SignedHeaders and Signature.")
     access_key, date, region = _parse_credential(fields["Credential"], "AuthorizationHeaderMalformed")
-    amz_date = _request_date(headers)
+    amz_date, request_time = _request_date(headers)
     if amz_date[:8] != date:
         raise S3Error("AuthorizationHeaderMalformed", f"The authorization header is malformed; "
                       f"Invalid credential date. Date is not the same as X-Amz-Date: {amz_date[:8]}.")
-    request_time = datetime.strptime(amz_date, _AMZ_DATE).replace(tzinfo=UTC)
     if abs(now - request_time) > MAX_SKEW:
         raise S3Error("RequestTimeTooSkewed", RequestTime=amz_date, ServerTime=_iso(now),
                       MaxAllowedSkewMilliseconds=str(int(MAX_SKEW.total_seconds() * 1000)))
@@ -196,7 +196,7 @@ def _query_claim(params: dict[str, str], headers: dict[str, str], now: datetime)
     access_key, date, region = _parse_credential(params["X-Amz-Credential"], error)
     amz_date = params["X-Amz-Date"]
     try:
-        start = datetime.strptime(amz_date, _AMZ_DATE).replace(tzinfo=UTC)
+        start = _parse_amz_date(amz_date)
         expires = int(params["X-Amz-Expires"])
     except ValueError:
         raise S3Error(error, "X-Amz-Date must be in the ISO8601 Long Format "
@@ -240,15 +240,25 @@ def _signed_headers(value: str, headers: dict[str, str], error: str) -> list[str
     return signed
 
 
-def _request_date(headers: dict[str, str]) -> str:
-    """The request's ISO 8601 basic timestamp, from X-Amz-Date or else the Date header."""
+def _parse_amz_date(value: str) -> datetime:
+    """An ISO 8601 basic timestamp (20261124T143000Z) as a UTC datetime; ValueError if it is not
+    one. (A regular expression: `datetime.strptime` cost ~10 µs of every request, twice.)"""
+    fields = _AMZ_DATE_FIELDS.fullmatch(value)
+    if fields is None:
+        raise ValueError(f"not an ISO 8601 basic timestamp: {value!r}")
+    return datetime(*map(int, fields.groups()), tzinfo=UTC)
+
+
+def _request_date(headers: dict[str, str]) -> tuple[str, datetime]:
+    """The request's ISO 8601 basic timestamp and its time, from X-Amz-Date or else the Date
+    header."""
     try:
         if "x-amz-date" in headers:
             value = headers["x-amz-date"].strip()
-            datetime.strptime(value, _AMZ_DATE)
-            return value
+            return value, _parse_amz_date(value)
         if "date" in headers:
-            return parsedate_to_datetime(headers["date"]).astimezone(UTC).strftime(_AMZ_DATE)
+            when = parsedate_to_datetime(headers["date"]).astimezone(UTC).replace(microsecond=0)
+            return when.strftime(_AMZ_DATE), when
     except (ValueError, TypeError):
         pass
     raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
