@@ -242,7 +242,7 @@ def _signed_headers(value: str, headers: dict[str, str], error: str) -> list[str
 
 def _parse_amz_date(value: str) -> datetime:
     """An ISO 8601 basic timestamp (20261124T143000Z) as a UTC datetime; ValueError if it is not
-    one. (A regular expression: `datetime.strptime` cost ~10 µs of every request, twice.)"""
+    one. (A regular expression: `datetime.strptime` took 4.5 µs here, against 1.6.)"""
     fields = _AMZ_DATE_FIELDS.fullmatch(value)
     if fields is None:
         raise ValueError(f"not an ISO 8601 basic timestamp: {value!r}")
