@@ -3,6 +3,7 @@ process, and clients for both sides. Reuses the `Mount` helper of tests/fuse."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -51,6 +52,7 @@ class Both:
     def __init__(self, mount, port: int, tmp: Path) -> None:
         self.mount = mount
         self.mnt = mount.mnt
+        self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
         self.s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
@@ -62,24 +64,57 @@ class Both:
             f"secret_access_key = {SECRET_KEY}\nregion = us-east-1\n")
         self.rclone = [str(BIN / "rclone"), "--config", str(config)]
 
+    def restart(self) -> None:
+        """Start the mount again after a stop or a kill, its S3 endpoint on the same port."""
+        with s3_credentials():
+            self.mount.start()
+        wait_for_port(self.port)
 
-@pytest.fixture(scope="module")
-def both(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("both")
-    port = free_port()
+
+@contextlib.contextmanager
+def s3_credentials():
+    """The test credentials in the environment, for mounts started meanwhile."""
     previous = {name: os.environ.get(name) for name in ("CARTRIDGE_ACCESS_KEY", "CARTRIDGE_SECRET_KEY")}
     os.environ.update(CARTRIDGE_ACCESS_KEY=ACCESS_KEY, CARTRIDGE_SECRET_KEY=SECRET_KEY)
     try:
-        mount = _fuse_helpers().Mount(tmp, options=f"s3=127.0.0.1:{port}")
-        mount.start()
+        yield
     finally:
         for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def start_both(tmp: Path) -> Both:
+    """A new cartridge in `tmp`, mounted with its S3 endpoint on a free port."""
+    port = free_port()
+    with s3_credentials():
+        mount = _fuse_helpers().Mount(tmp, options=f"s3=127.0.0.1:{port}")
+        mount.start()
     try:
         wait_for_port(port)
-        yield Both(mount, port, tmp)
+    except BaseException:
+        mount.stop(check=False)
+        raise
+    return Both(mount, port, tmp)
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    started = start_both(tmp_path_factory.mktemp("both"))
+    try:
+        yield started
     finally:
-        mount.stop()  # unmounts, expects exit status 0 and a clean `cartridge fsck`
+        started.mount.stop()  # unmounts, expects exit status 0 and a clean `cartridge fsck`
+
+
+@pytest.fixture
+def own_both(tmp_path):
+    """A mount and S3 endpoint of the test's own (it may kill and restart them); stopped after."""
+    started = start_both(tmp_path)
+    try:
+        yield started
+    finally:
+        if started.mount.proc is not None:
+            started.mount.stop()
