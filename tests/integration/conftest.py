@@ -86,11 +86,11 @@ def s3_credentials():
                 os.environ[name] = value
 
 
-def start_both(tmp: Path) -> Both:
-    """A new cartridge in `tmp`, mounted with its S3 endpoint on a free port."""
+def start_both(tmp: Path, blocks: int = 200_000) -> Both:
+    """A new cartridge of `blocks` in `tmp`, mounted with its S3 endpoint on a free port."""
     port = free_port()
     with s3_credentials():
-        mount = _fuse_helpers().Mount(tmp, options=f"s3=127.0.0.1:{port}")
+        mount = _fuse_helpers().Mount(tmp, blocks=blocks, options=f"s3=127.0.0.1:{port}")
         mount.start()
     try:
         wait_for_port(port)
@@ -110,11 +110,16 @@ def both(tmp_path_factory):
 
 
 @pytest.fixture
-def own_both(tmp_path):
-    """A mount and S3 endpoint of the test's own (it may kill and restart them); stopped after."""
-    started = start_both(tmp_path)
-    try:
-        yield started
-    finally:
+def make_both(tmp_path):
+    """`make_both(blocks=...)`: a mount and S3 endpoint of the test's own (it may kill and
+    restart them); stopped (and fsck'ed) after the test."""
+    made: list[Both] = []
+
+    def make(blocks: int = 200_000) -> Both:
+        made.append(start_both(tmp_path, blocks))
+        return made[-1]
+
+    yield make
+    for started in made:
         if started.mount.proc is not None:
             started.mount.stop()

@@ -68,8 +68,8 @@ def worker(shared: Shared, seed: int, step) -> None:
 
 
 @pytest.mark.slow
-def test_both_sides_at_once(own_both) -> None:
-    both, shared = own_both, Shared()
+def test_both_sides_at_once(make_both) -> None:
+    both, shared = make_both(), Shared()
     s3, root = both.s3, both.mnt / BUCKET
     s3.create_bucket(Bucket=BUCKET)
 

@@ -75,8 +75,8 @@ class Writers:
 
 
 @pytest.mark.slow
-def test_sigkill_under_load_keeps_what_was_acknowledged(own_both) -> None:
-    both, rng = own_both, random.Random(20261124)
+def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
+    both, rng = make_both(), random.Random(20261124)
     both.s3.create_bucket(Bucket=BUCKET)
     synced: dict[str, str] = {}
     acked: dict[str, str] = {}
