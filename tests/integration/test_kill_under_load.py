@@ -1,31 +1,47 @@
 """SIGKILL of the process while both sides write: what was acknowledged as durable survives.
 
-Each round starts the mount (with its S3 endpoint), lets a FUSE writer and an S3 writer run,
-and kills the process at a random moment. Acknowledged means: a file whose fsync returned, an
-object whose PUT was answered 200 (S3 promises durability with the answer). After the kill the
-cartridge must be fsck-clean, and after a restart every acknowledged file and object of every
-round so far must read back byte for byte; what was written without acknowledgement may be
-missing, but must not be unreadable.
+Each round starts the mount (with its S3 endpoint), lets a FUSE writer, an S3 writer and an
+S3 multipart uploader run, and kills the process at a random moment. Acknowledged means: a file
+whose fsync returned, an object whose PUT or CompleteMultipartUpload was answered 200 (S3
+promises durability with the answer). After the kill the cartridge must be fsck-clean, and
+after a restart every acknowledged file and object of every round so far must read back byte
+for byte; what was written without acknowledgement may be missing, but must not be
+unreadable. At the end, once everything is deleted and the uploads the kills cut short are
+aborted, the free space is what it was at the start: no kill leaked a block.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
 import threading
 import time
 
 import pytest
-from botocore.exceptions import BotoCoreError
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
 ROUNDS = 4
 BUCKET = "kill"
+MULTIPART = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20,
+                           max_concurrency=2)
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def commit(directory) -> None:
+    """fsync a directory of the mount: the cartridge commits."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Writers:
@@ -73,18 +89,33 @@ class Writers:
         except Exception as exc:  # an S3 error answer: a killed process sends none
             self.errors.append(exc)
 
+    def multipart_writer(self) -> None:
+        try:
+            for i in range(20):
+                key = f"mp-{self.round_no}/o{i:02d}"
+                data = os.urandom(11 << 20)  # three parts
+                self.both.s3.upload_fileobj(io.BytesIO(data), BUCKET, key, Config=MULTIPART)
+                self.acked[key] = sha(data)
+        except S3UploadFailedError as exc:
+            if isinstance(exc.__context__, ClientError):  # an answer, not the kill
+                self.errors.append(exc)
+        except BotoCoreError:
+            return
+
 
 @pytest.mark.slow
 def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
     both, rng = make_both(), random.Random(20261124)
     both.s3.create_bucket(Bucket=BUCKET)
+    commit(both.mnt)
+    baseline = os.statvfs(both.mnt).f_bfree
     synced: dict[str, str] = {}
     acked: dict[str, str] = {}
     unsynced: list[str] = []
     for round_no in range(ROUNDS):
         writers = Writers(both, round_no, rng)
-        threads = [threading.Thread(target=writers.fuse_writer),
-                   threading.Thread(target=writers.s3_writer)]
+        threads = [threading.Thread(target=step) for step in
+                   (writers.fuse_writer, writers.s3_writer, writers.multipart_writer)]
         for thread in threads:
             thread.start()
         time.sleep(rng.uniform(0.3, 1.5))
@@ -110,4 +141,21 @@ def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
                 path.read_bytes()  # any state it had at a commit, but readable
     # Some kills must have landed while a writer was still going, not after it finished.
     assert synced and acked
-    assert len(synced) < ROUNDS * 100 or len(acked) < ROUNDS * 200
+    assert len(synced) < ROUNDS * 100 or len(acked) < ROUNDS * 220
+
+    s3 = both.s3
+    for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    for folder in (both.mnt / BUCKET).iterdir():  # the mount writer's folders, now empty
+        folder.rmdir()
+    deadline = time.monotonic() + 20
+    while True:  # (freed blocks are free for good once the commits that freed them are)
+        commit(both.mnt)
+        free = os.statvfs(both.mnt).f_bfree
+        if free >= baseline - 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert free >= baseline - 16, f"{baseline - free} blocks did not come back"
