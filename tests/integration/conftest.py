@@ -64,6 +64,24 @@ class Both:
             f"secret_access_key = {SECRET_KEY}\nregion = us-east-1\n")
         self.rclone = [str(BIN / "rclone"), "--config", str(config)]
 
+    def free_blocks(self) -> int:
+        """The cartridge's free blocks (statfs) once everything so far is committed (an
+        fsync of the mount's root commits)."""
+        fd = os.open(self.mnt, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return os.statvfs(self.mnt).f_bfree
+
+    def assert_space_back(self, baseline: int, slack: int = 16) -> None:
+        """The free blocks are back to `baseline` (less `slack` blocks of tree pages) within
+        20 s: blocks freed by a commit are free for good once a later commit is durable."""
+        deadline = time.monotonic() + 20
+        while (free := self.free_blocks()) < baseline - slack and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert free >= baseline - slack, f"{baseline - free} blocks did not come back"
+
     def restart(self) -> None:
         """Start the mount again after a stop or a kill, its S3 endpoint on the same port."""
         with s3_credentials():

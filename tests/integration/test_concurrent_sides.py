@@ -4,8 +4,10 @@ S3 clients PUT and DELETE keys while programs on the mount replace the same file
 file renamed over the name, as editors and rsync do) and remove them; readers on both sides
 check each answer against every version written under that name: a read never shows a torn or
 mixed object, and an S3 ETag is the MD5 of the very bytes sent with it (computed for files
-the mount wrote, never stale). Afterwards both sides list the same names with the same sizes,
-and the cartridge is fsck-clean (the fixture's stop checks it).
+the mount wrote, never stale). Half-way a snapshot is taken (through the running process): it
+holds whole versions too, and does not change while the writers go on. Afterwards both sides
+list the same names with the same sizes; once the snapshot and everything else are deleted the
+free space is what it was at the start; the cartridge is fsck-clean (the fixture's stop).
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ class Shared:
         return count < MAX_OPS and time.monotonic() < self.deadline
 
 
+
+def snapshot_files(shared: Shared, top) -> dict[str, str]:
+    """name -> sha256 of every file under `top` (a bucket in a snapshot), each checked."""
+    found = {}
+    for path in top.rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            body = path.read_bytes()
+            name = str(path.relative_to(top))
+            shared.check(name, body, "snapshot")
+            found[name] = hashlib.sha256(body).hexdigest()
+    return found
+
+
 def worker(shared: Shared, seed: int, step) -> None:
     rng = random.Random(seed)
     count = 0
@@ -72,6 +87,7 @@ def test_both_sides_at_once(make_both) -> None:
     both, shared = make_both(), Shared()
     s3, root = both.s3, both.mnt / BUCKET
     s3.create_bucket(Bucket=BUCKET)
+    baseline = both.free_blocks()
 
     def s3_put(rng, name):
         s3.put_object(Bucket=BUCKET, Key=name, Body=shared.payload(rng, name))
@@ -122,11 +138,17 @@ def test_both_sides_at_once(make_both) -> None:
                for seed, step in enumerate(steps)]
     for thread in threads:
         thread.start()
+    time.sleep(SECONDS / 2)
+    cli, cart = both.mount.cartridge_cli, both.mount.cart
+    both.mount.run(cli, "snapshot", "create", cart, "mid")
+    in_snapshot = snapshot_files(shared, both.mnt / ".snapshots" / "mid" / BUCKET)
     for thread in threads:
         thread.join(timeout=SECONDS + 60)
         assert not thread.is_alive(), "a worker hung"
     assert not shared.errors, shared.errors[:10]
     assert shared.reads > 50, shared.reads
+    assert in_snapshot, "the snapshot caught no file"
+    assert snapshot_files(shared, both.mnt / ".snapshots" / "mid" / BUCKET) == in_snapshot
 
     listed = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
@@ -137,3 +159,7 @@ def test_both_sides_at_once(make_both) -> None:
     for name in listed:
         shared.check(name, s3.get_object(Bucket=BUCKET, Key=name)["Body"].read(), "final S3")
     assert not shared.errors, shared.errors[:10]
+
+    both.mount.run(cli, "snapshot", "delete", cart, "mid")
+    s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": name} for name in listed]})
+    both.assert_space_back(baseline)

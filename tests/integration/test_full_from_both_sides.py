@@ -13,7 +13,6 @@ import errno
 import hashlib
 import os
 import threading
-import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -28,14 +27,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def commit(directory) -> None:
-    """fsync a directory of the mount: the cartridge commits."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 @pytest.mark.slow
 def test_filling_from_both_sides_leaks_nothing(make_both) -> None:
@@ -43,8 +34,7 @@ def test_filling_from_both_sides_leaks_nothing(make_both) -> None:
     s3, root = both.s3, both.mnt / BUCKET
     s3.create_bucket(Bucket=BUCKET)
     (root / "fuse").mkdir()
-    commit(root)
-    baseline = os.statvfs(both.mnt).f_bfree
+    baseline = both.free_blocks()
 
     acked: dict[str, str] = {}
     synced: dict[str, str] = {}
@@ -111,15 +101,7 @@ def test_filling_from_both_sides_leaks_nothing(make_both) -> None:
     assert sorted(keys) == sorted(acked)
     s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
 
-    # Freed blocks become free for good once the commits that freed them are durable.
-    deadline = time.monotonic() + 20
-    while True:
-        commit(root)
-        free = os.statvfs(both.mnt).f_bfree
-        if free >= baseline - 16 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert free >= baseline - 16, f"{baseline - free} blocks did not come back"
+    both.assert_space_back(baseline)
 
     data = os.urandom(SIZE)
     s3.put_object(Bucket=BUCKET, Key="after", Body=data)

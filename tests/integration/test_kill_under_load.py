@@ -35,14 +35,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def commit(directory) -> None:
-    """fsync a directory of the mount: the cartridge commits."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class Writers:
     """The two writers of one round and what each got acknowledged."""
@@ -107,8 +99,7 @@ class Writers:
 def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
     both, rng = make_both(), random.Random(20261124)
     both.s3.create_bucket(Bucket=BUCKET)
-    commit(both.mnt)
-    baseline = os.statvfs(both.mnt).f_bfree
+    baseline = both.free_blocks()
     synced: dict[str, str] = {}
     acked: dict[str, str] = {}
     unsynced: list[str] = []
@@ -151,11 +142,4 @@ def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
             s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
     for folder in (both.mnt / BUCKET).iterdir():  # the mount writer's folders, now empty
         folder.rmdir()
-    deadline = time.monotonic() + 20
-    while True:  # (freed blocks are free for good once the commits that freed them are)
-        commit(both.mnt)
-        free = os.statvfs(both.mnt).f_bfree
-        if free >= baseline - 16 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert free >= baseline - 16, f"{baseline - free} blocks did not come back"
+    both.assert_space_back(baseline)
