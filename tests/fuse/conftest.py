@@ -24,7 +24,8 @@ def run(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
 class Mount:
     """One cartridge file and its mount point; `start()`/`stop()` may be repeated."""
 
-    def __init__(self, tmp: Path, blocks: int = 200_000, options: str = "s3=off") -> None:
+    def __init__(self, tmp: Path, blocks: int = 200_000, options: str = "s3=off",
+                 create_args: tuple[str, ...] = ()) -> None:
         self.cart = tmp / "storage.cart"
         self.mnt = tmp / "mnt"
         self.mnt.mkdir(exist_ok=True)
@@ -32,7 +33,7 @@ class Mount:
         self.options = options
         self.proc: subprocess.Popen | None = None
         if not self.cart.exists():
-            run(CARTRIDGE, "create", self.cart, "--blocks", blocks)
+            run(CARTRIDGE, "create", self.cart, "--blocks", blocks, *create_args)
 
     def start(self, options: str | None = None) -> Path:
         logf = open(self.log, "ab")  # noqa: SIM115 - kept open for the process

@@ -104,11 +104,13 @@ def s3_credentials():
                 os.environ[name] = value
 
 
-def start_both(tmp: Path, blocks: int = 200_000) -> Both:
-    """A new cartridge of `blocks` in `tmp`, mounted with its S3 endpoint on a free port."""
+def start_both(tmp: Path, blocks: int = 200_000, create_args: tuple[str, ...] = ()) -> Both:
+    """A new cartridge of `blocks` in `tmp` (`cartridge create` gets `create_args` too),
+    mounted with its S3 endpoint on a free port."""
     port = free_port()
     with s3_credentials():
-        mount = _fuse_helpers().Mount(tmp, blocks=blocks, options=f"s3=127.0.0.1:{port}")
+        mount = _fuse_helpers().Mount(tmp, blocks=blocks, options=f"s3=127.0.0.1:{port}",
+                                      create_args=create_args)
         mount.start()
     try:
         wait_for_port(port)
@@ -129,12 +131,12 @@ def both(tmp_path_factory):
 
 @pytest.fixture
 def make_both(tmp_path):
-    """`make_both(blocks=...)`: a mount and S3 endpoint of the test's own (it may kill and
-    restart them); stopped (and fsck'ed) after the test."""
+    """`make_both(blocks=..., create_args=...)`: a mount and S3 endpoint of the test's own (it
+    may kill and restart them); stopped (and fsck'ed) after the test."""
     made: list[Both] = []
 
-    def make(blocks: int = 200_000) -> Both:
-        made.append(start_both(tmp_path, blocks))
+    def make(blocks: int = 200_000, create_args: tuple[str, ...] = ()) -> Both:
+        made.append(start_both(tmp_path, blocks, create_args))
         return made[-1]
 
     yield make

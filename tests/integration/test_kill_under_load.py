@@ -96,8 +96,12 @@ class Writers:
 
 
 @pytest.mark.slow
-def test_sigkill_under_load_keeps_what_was_acknowledged(make_both) -> None:
-    both, rng = make_both(), random.Random(20261124)
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_sigkill_under_load_keeps_what_was_acknowledged(monkeypatch, make_both, encrypted) -> None:
+    if encrypted:  # (mount, create and fsck read it; monkeypatch first: it outlives make_both)
+        monkeypatch.setenv("CARTRIDGE_PASSPHRASE", "correct horse battery staple")
+    both = make_both(create_args=("--encrypt",) if encrypted else ())
+    rng = random.Random(20261124)
     both.s3.create_bucket(Bucket=BUCKET)
     baseline = both.free_blocks()
     synced: dict[str, str] = {}
