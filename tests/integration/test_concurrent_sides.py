@@ -46,16 +46,17 @@ class Shared:
             self.versions[name].add(hashlib.sha256(data).hexdigest())
         return data
 
-    def check(self, name: str, body: bytes, where: str) -> None:
+    def check(self, name: str, body: bytes, where: str) -> str:
+        """Record a read of `name` that no writer's version explains; return its sha256."""
         digest = hashlib.sha256(body).hexdigest()
         with self.lock:
             self.reads += 1
             if digest not in self.versions[name]:
                 self.errors.append(f"{where} read of {name}: {len(body)} bytes no writer wrote")
+        return digest
 
     def running(self, count: int) -> bool:
         return count < MAX_OPS and time.monotonic() < self.deadline
-
 
 
 def snapshot_files(shared: Shared, top) -> dict[str, str]:
@@ -63,10 +64,8 @@ def snapshot_files(shared: Shared, top) -> dict[str, str]:
     found = {}
     for path in top.rglob("*"):
         if path.is_file() and not path.name.startswith("."):
-            body = path.read_bytes()
             name = str(path.relative_to(top))
-            shared.check(name, body, "snapshot")
-            found[name] = hashlib.sha256(body).hexdigest()
+            found[name] = shared.check(name, path.read_bytes(), "snapshot")
     return found
 
 

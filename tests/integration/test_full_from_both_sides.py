@@ -27,7 +27,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-
 @pytest.mark.slow
 def test_filling_from_both_sides_leaks_nothing(make_both) -> None:
     both = make_both(blocks=8192)  # 32 MiB

@@ -35,9 +35,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-
 class Writers:
-    """The two writers of one round and what each got acknowledged."""
+    """The three writers of one round and what each got acknowledged."""
 
     def __init__(self, both, round_no: int, rng: random.Random) -> None:
         self.both, self.round_no = both, round_no
