@@ -23,6 +23,13 @@ from cartridgefs.errors import (
 
 BLOCK_SIZE = 4096
 
+
+class WouldBlock(Exception):
+    """A read that must not wait would have to (for the disk, or for slow decoding): the
+    caller does it the usual way, in a worker thread. Never escapes the filesystem layer."""
+
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+
 _NO_FALLOCATE = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -34,6 +41,10 @@ class BlockDevice(Protocol):
 
     def read(self, block: int, count: int) -> bytes:
         """Return `count` blocks starting at `block`."""
+        ...
+
+    def read_cached(self, block: int, count: int) -> bytes:
+        """`read`, but WouldBlock rather than wait for the disk (for reads on an event loop)."""
         ...
 
     def write(self, block: int, data: bytes | memoryview) -> None:
@@ -74,6 +85,7 @@ class FileDevice:
         # Set when fdatasync fails: Linux may drop the dirty pages and report success on a retry,
         # so nothing written afterwards could be trusted to be durable.
         self._sync_error: OSError | None = None
+        self._nowait = _RWF_NOWAIT != 0  # cleared if the file's filesystem refuses RWF_NOWAIT
 
     @classmethod
     def create(cls, path: str, nblocks: int) -> FileDevice:
@@ -130,6 +142,27 @@ class FileDevice:
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)
+
+    def read_cached(self, block: int, count: int) -> bytes:
+        """`read` if the blocks are all in the page cache (preadv2 with RWF_NOWAIT), else
+        WouldBlock."""
+        fd = self._live_fd()
+        check_range(self.nblocks, block, count)
+        if not self._nowait:
+            raise WouldBlock("the cartridge's filesystem cannot read without waiting")
+        buf = bytearray(count * BLOCK_SIZE)
+        try:
+            got = os.preadv(fd, [buf], block * BLOCK_SIZE, _RWF_NOWAIT)
+        except BlockingIOError:
+            raise WouldBlock("not in the page cache") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self._nowait = False
+            raise WouldBlock("the cartridge's filesystem cannot read without waiting") from None
+        if got != len(buf):  # partly cached (or the file shrank: `read` will say so)
+            raise WouldBlock("not all in the page cache")
+        return bytes(buf)
 
     def write(self, block: int, data: bytes | memoryview) -> None:
         """Write whole blocks starting at `block`."""
@@ -242,6 +275,8 @@ class MemoryDevice:
         """Return `count` blocks starting at `block`."""
         check_range(self.nblocks, block, count)
         return bytes(memoryview(self.buffer)[block * BLOCK_SIZE : (block + count) * BLOCK_SIZE])
+
+    read_cached = read  # memory never waits
 
     def write(self, block: int, data: bytes | memoryview) -> None:
         """Write whole blocks starting at `block`."""

@@ -64,6 +64,8 @@ class CrashDevice:
             view = memoryview(self._current)[block * BLOCK_SIZE : (block + count) * BLOCK_SIZE]
             return bytes(view)
 
+    read_cached = read  # memory never waits
+
     def write(self, block: int, data: bytes | memoryview) -> None:
         """Record a volatile write of whole blocks."""
         count = block_count(data)

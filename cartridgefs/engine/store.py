@@ -32,7 +32,7 @@ from ..errors import (
 from . import btree, keys
 from .alloc import CHUNK_BLOCKS, CHUNK_BYTES, Allocator
 from .arc import ArcCache
-from .blockdev import BLOCK_SIZE, BlockDevice, FileDevice
+from .blockdev import BLOCK_SIZE, BlockDevice, FileDevice, WouldBlock
 from .btree import Child, Node, Ref, Value
 from .header import Features, Fuses, Header, read_header, write_header
 from .seal import (
@@ -305,24 +305,33 @@ class Engine:
             self.cache.put(key, node, BLOCK_SIZE + 64 * len(node.keys))
         return node
 
-    def read_extent(self, ptr: Ptr, cache: bool = True) -> bytes:
+    def read_extent(self, ptr: Ptr, cache: bool = True, nowait: bool = False) -> bytes:
         """The decoded bytes of an extent or spilled value.
 
         `cache=False` for an extent read whole (a streaming reader will not come back for it):
         it is served from the cache if there, but not added, so big sequential reads do not
         push the cache's working set out or hold memory.
+
+        `nowait` (a read on the event loop): WouldBlock rather than wait for the disk or spend
+        long on decoding: unless cached, the extent must be stored as it is (not compressed,
+        not encrypted: only its checksum to verify) and its blocks in the page cache.
         """
         key = (ptr.block, ptr.seal)
         data = self.cache.get(key)
         if data is None:
-            data = decode_extent(ptr.codec, self._read(ptr), ptr.raw_len)
+            if nowait and (ptr.codec != CODEC_RAW or self.sealer.encrypted):
+                raise WouldBlock("the extent needs decoding")
+            data = decode_extent(ptr.codec, self._read(ptr, nowait), ptr.raw_len)
             if cache:
                 self.cache.put(key, data, len(data) + 64)
         return data
 
-    def _read(self, ptr: Ptr) -> bytes:
+    def _read(self, ptr: Ptr, nowait: bool = False) -> bytes:
         try:
-            raw = self.dev.read(ptr.block, ptr.nblocks)
+            if nowait:
+                raw = self.dev.read_cached(ptr.block, ptr.nblocks)
+            else:
+                raw = self.dev.read(ptr.block, ptr.nblocks)
             return self.sealer.unseal(
                 raw[: ptr.stored_len], block=ptr.block, birth=ptr.birth, kind=ptr.kind,
                 nonce=ptr.nonce, seal=ptr.seal,

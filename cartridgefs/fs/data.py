@@ -29,14 +29,19 @@ def overlapping(items_fn, ino: int, start: int, end: int) -> Iterator[Item]:
 
 
 def read_range(
-    engine: Engine, state: State, ino: int, start: int, size: int, streaming: bool = False
-) -> bytearray:
+    engine: Engine, state: State, ino: int, start: int, size: int, streaming: bool = False,
+    nowait: bool = False,
+) -> bytes:
     """Bytes [start, start+size) of the file as stored (holes read as zeros).
 
     Extents read whole, and every extent of a `streaming` read, are not added to the cache.
+    `nowait`: see `Engine.read_extent`.
+    The pieces are joined once at the end (a read of exactly one whole extent is its bytes,
+    not a copy): a reader spends its CPU on one copy, not on zero-filling a buffer and then
+    copying each extent into it and the buffer out again.
     """
-    out = bytearray(size)
-    end = start + size
+    pieces: list[bytes | memoryview] = []
+    pos, end = start, start + size
 
     def items_fn(lo: bytes, hi: bytes, reverse: bool):
         return engine.items(state, "fs", lo, hi, reverse)
@@ -44,10 +49,15 @@ def read_range(
     for offset, length, ref in overlapping(items_fn, ino, start, end):
         skip, _ = decode_extent_extra(ref.extra)
         a, b = max(start, offset), min(end, offset + length)
+        if a > pos:
+            pieces.append(bytes(a - pos))  # a hole
         whole = skip == 0 and a == offset and b - a == ref.ptr.raw_len
-        data = engine.read_extent(ref.ptr, cache=not (whole or streaming))
-        out[a - start : b - start] = memoryview(data)[skip + a - offset : skip + b - offset]
-    return out
+        data = engine.read_extent(ref.ptr, cache=not (whole or streaming), nowait=nowait)
+        pieces.append(data if whole else memoryview(data)[skip + a - offset : skip + b - offset])
+        pos = b
+    if end > pos:
+        pieces.append(bytes(end - pos))
+    return b"".join(pieces)
 
 
 def punch(t: Txn, ino: int, start: int, end: int) -> None:

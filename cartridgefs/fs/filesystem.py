@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..engine.blockdev import WouldBlock
 from ..engine.btree import Value
 from ..engine.store import Engine
 from ..engine.txn import State, Txn
@@ -66,6 +67,7 @@ FLUSH_AT = 8 * 1024 * 1024  # dirty bytes of one file that trigger a flush
 INLINE_FLUSH_MAX = 64 * 1024  # smaller flushes run on the loop thread when the writer lock is free
 INLINE_REMOVALS = 16  # `remove_paths` of more names (~50 µs each) runs in a worker thread
 READ_CHUNK = 1024 * 1024
+INLINE_READ_MAX = 128 * 1024  # reads up to this size try the loop thread first (see `_read`)
 COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
 COMMIT_POLL = 0.25
 
@@ -661,20 +663,32 @@ class FileSystem:
         # overlaid from here, whether or not the snapshot has them.
         flushing = st.flushing if st is not None else None
 
-        def op() -> bytes:
+        def op(nowait: bool = False) -> bytes:
             with self.engine.reader() as state:
                 inode = self._inode(state, ino)
                 if inode.is_dir:
                     raise IsADirectory("is a directory")
                 file_size = st.size if st is not None and st.size is not None else inode.size
                 n = max(0, min(size, file_size - offset))
-                buf = data.read_range(self.engine, state, ino, offset, n, streaming) if n else bytearray()
-            if flushing is not None:
-                flushing.dirty.overlay(buf, offset)
+                stored = data.read_range(self.engine, state, ino, offset, n, streaming, nowait) if n else b""
+            layers = [] if flushing is None else [flushing.dirty]
             if st is not None and st.dirty:
-                st.dirty.overlay(buf, offset)
+                layers.append(st.dirty)
+            if not layers:
+                return stored
+            buf = bytearray(stored)
+            for dirty in layers:
+                dirty.overlay(buf, offset)
             return bytes(buf)
 
+        if size <= INLINE_READ_MAX:
+            # A small read of bytes already in memory costs less than the thread hop (~40 µs
+            # against ~170 µs of CPU for a 4 KiB read here): done on the loop unless it would
+            # wait for the disk or decode.
+            try:
+                return op(nowait=True)
+            except WouldBlock:
+                pass
         return await self._blocking(op)
 
     async def write(self, ctx: Ctx, ino: int, offset: int, payload: bytes) -> int:
@@ -1395,5 +1409,5 @@ class FsView:
         with self._state() as state:
             inode = self.fs._inode(state, ino)
             n = max(0, min(size, inode.size - offset))
-            return bytes(data.read_range(self.fs.engine, state, ino, offset, n)) if n else b""
+            return data.read_range(self.fs.engine, state, ino, offset, n) if n else b""
 
