@@ -12,6 +12,9 @@ Workloads (in this order, on each target in turn, all in one run):
 * rand read   fio 4 KiB random reads (psync, buffered) on a pre-written file, caches dropped first
 * rand write  fio 4 KiB random writes on the same file (rclone without VFS cache: "unsupported")
 
+`--targets` may add `null`: `nullfs.py`, a pyfuse3 filesystem that does nothing (the floor of any
+pyfuse3 filesystem here); it runs the small-file and tar workloads only.
+
 Every step runs in a child process with a timeout; mounts are always unmounted (the cartridge's
 mount process is waited for, killed and the FUSE connection aborted if it hangs). Dropping caches
 needs root; without it the reads may come from the page cache (a warning says so).
@@ -54,6 +57,10 @@ METRICS = [
 # Issue #3: minimum cartridge/plain ratio (throughput) or maximum (seconds).
 PLAIN_TARGET = {"seq_write": 0.30, "seq_read": 0.30, "files_create": 5.0, "files_stat": 5.0,
                 "files_list": 5.0, "files_delete": 5.0, "tar_extract": 5.0}
+
+
+# What the null filesystem (nullfs.py: names and sizes, no contents) can run.
+NULL_WORKLOADS = ("files_create", "files_stat", "files_list", "files_delete", "tar_extract")
 
 
 class StepError(Exception):
@@ -307,10 +314,17 @@ class Bench:
         _start(t, [exe, "mount", src, mnt, "--vfs-cache-mode", "off", "--config", "/dev/null"],
                mnt, self.base / "rclone.log", 60)
 
+    def start_null(self, t: Target) -> None:
+        mnt = self.base / "mnt-null"
+        _start(t, [sys.executable, Path(__file__).with_name("nullfs.py"), mnt], mnt,
+               self.base / "null.log", 60)
+
     def cleanup(self, t: Target) -> None:
         stop(t, self.timeout + 60)
         leftover = {"cartridge": self.base / "bench.cart", "plain": self.base / "plain",
-                    "rclone": self.base / "rclone-src"}[t.name]
+                    "rclone": self.base / "rclone-src"}.get(t.name)
+        if leftover is None:
+            return
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -387,7 +401,7 @@ class Bench:
 
     def run_target(self, t: Target) -> None:
         starter = {"cartridge": self.start_cartridge, "plain": self.start_plain,
-                   "rclone": self.start_rclone}[t.name]
+                   "rclone": self.start_rclone, "null": self.start_null}[t.name]
         steps = [
             ("seq_write", self.seq_write), ("seq_read", self.seq_read),
             ("files_create", lambda t: self.files(t, "create")),
@@ -408,6 +422,9 @@ class Bench:
                 return
             for key, fn in steps:
                 if key not in self.args.only:
+                    continue
+                if t.name == "null" and key not in NULL_WORKLOADS:
+                    t.errors[key] = "unsupported: the null filesystem keeps no file contents"
                     continue
                 try:
                     value = fn(t)
@@ -441,8 +458,8 @@ def _fmt(v: float | None, unit: str) -> str:
 
 def report(targets: dict[str, Target], only: list[str]) -> tuple[str, list[str]]:
     """The table, and the list of targets of issue #3 that are missed."""
-    cart, plain, rcl = (targets.get(n) for n in ("cartridge", "plain", "rclone"))
-    header = ["workload", "unit", "cartridge", "plain", "rclone", "cart/plain", "cart/rclone", "target"]
+    others = ["plain", "rclone", *(["null"] if "null" in targets else [])]
+    header = ["workload", "unit", "cartridge", *others, *(f"cart/{o}" for o in others), "target"]
     rows = []
     missed = []
     for key, label, unit, higher in METRICS:
@@ -450,7 +467,8 @@ def report(targets: dict[str, Target], only: list[str]) -> tuple[str, list[str]]
             continue
         vals = {}
         cells = []
-        for name, t in (("cartridge", cart), ("plain", plain), ("rclone", rcl)):
+        for name in ("cartridge", *others):
+            t = targets.get(name)
             v = t.results.get(key) if t else None
             vals[name] = v
             if v is not None:
@@ -463,7 +481,7 @@ def report(targets: dict[str, Target], only: list[str]) -> tuple[str, list[str]]
                              "FAILED" if err.startswith("failed") else "-")
         c = vals["cartridge"]
         ratios = []
-        for other in ("plain", "rclone"):
+        for other in others:
             o = vals[other]
             ratios.append(f"{c / o:.2f}x" if c is not None and o else "-")
         notes = []
@@ -480,12 +498,12 @@ def report(targets: dict[str, Target], only: list[str]) -> tuple[str, list[str]]
                 notes.append(f"{'ok' if ok else 'MISS'} vs rclone")
                 if not ok:
                     missed.append(f"{key}: {c / r:.2f}x rclone (target: at least as good)")
-        elif cart is not None:
+        elif "cartridge" in targets:
             notes.append("no figure")
             missed.append(f"{key}: no cartridge figure")
         rows.append([label, unit, *cells, *ratios, ", ".join(notes)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i in (0, 1, 7) else str(c).rjust(w)
+    lines = ["  ".join(str(c).ljust(w) if i in (0, 1, len(header) - 1) else str(c).rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -507,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fio-runtime", type=int, default=20, help="seconds per fio run (default 20)")
     p.add_argument("--timeout", type=float, default=120, help="base timeout of each step, s")
     p.add_argument("--targets", default="cartridge,plain,rclone",
-                   help="comma list of cartridge, plain, rclone")
+                   help="comma list of cartridge, plain, rclone, null (a do-nothing pyfuse3 "
+                        "filesystem: nullfs.py)")
     p.add_argument("--only", default=",".join(m[0] for m in METRICS),
                    help="comma list of workloads: " + ", ".join(m[0] for m in METRICS))
     p.add_argument("--compression", default="none", choices=["none", "zstd"])
@@ -522,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     names = [s.strip() for s in args.targets.split(",") if s.strip()]
     for n in names:
-        if n not in ("cartridge", "plain", "rclone"):
+        if n not in ("cartridge", "plain", "rclone", "null"):
             p.error(f"unknown target {n}")
     for tool in ("dd", "tar", "fio", "fusermount3"):
         if shutil.which(tool) is None:
