@@ -2,7 +2,7 @@
 """The same S3 workloads against `cartridge-s3-server` and `rclone serve s3` on a plain directory.
 
     .venv/bin/python benchmarks/s3_workloads.py [--size 1G] [--small 2000] [--list 10000]
-                                                [--dir /tmp/s3bench] [--json FILE]
+                                                [--dir /tmp/s3bench] [--json FILE] [--warm-memory]
 
 Both servers run on the same disk (under --dir), one after the other, with the same clients:
 
@@ -12,6 +12,10 @@ Both servers run on the same disk (under --dir), one after the other, with the s
 * small ops       --small × 4 KiB PUT, GET, HEAD with 8 threads (ops/s)
 * listing         ListObjectsV2 (1000 per page) over --list keys; DeleteObjects of them all
 * RSS             the server's peak VmRSS during the single large PUT and GET
+
+--warm-memory writes and deletes a scratch file as large as the transfer before each large
+step, for both servers alike (see `warm_memory`): on this VM it separates the server's
+throughput from the cost of fresh page-cache pages on the client's side.
 
 Prints figures, ratios cartridge/rclone and the targets of issue #5 (large ≥ 1.0, small ≥ 0.7,
 listing and bulk delete ≥ 1.0 as speed ratios, RSS < 150 MiB). Exit status 1 if a step failed.
@@ -135,35 +139,54 @@ def rclone_client(target: Target, workdir: Path) -> list[str]:
     return [str(BIN / "rclone"), "--config", str(config)]
 
 
+def warm_memory(workdir: Path, nbytes: int) -> None:
+    """Write `nbytes` to a scratch file and delete it: the next step gets page-cache pages that
+    were just in use. On a VM whose idle memory goes back to the host, a step that fills fresh
+    pages (a download's file) otherwise pays for them; and whether it does depends on what the
+    steps before freed (rclone serve's deletes free the objects' pages, a cartridge keeps its
+    freed blocks' pages), not on the server under test."""
+    scratch, chunk = workdir / "warm.tmp", bytes(16 * MiB)
+    with open(scratch, "wb") as f:
+        for _ in range(-(-nbytes // len(chunk))):
+            f.write(chunk)
+    scratch.unlink()
+
+
 def run_workloads(target: Target, source: Path, size: int, small: int, listing: int,
-                  workdir: Path) -> dict[str, float]:
+                  workdir: Path, warm: bool = False) -> dict[str, float]:
     s3, mib = target.s3, size / MiB
     out: dict[str, float] = {}
+
+    def timed_step(nbytes: int, fn) -> float:
+        if warm:
+            warm_memory(workdir, nbytes + nbytes // 10)
+        return timed(fn)
+
     s3.create_bucket(Bucket="bench")
     multipart = has_multipart(target)
     out["multipart"] = float(multipart)
     dest = workdir / f"down-{target.name}.bin"
     with PeakRSS(target.proc.pid) as peak:
-        out["large PUT MiB/s"] = mib / timed(lambda: upload(target, source, "big", multipart))
-        out["large GET MiB/s"] = mib / timed(lambda: s3.download_file("bench", "big", str(dest)))
+        out["large PUT MiB/s"] = mib / timed_step(size, lambda: upload(target, source, "big", multipart))
+        out["large GET MiB/s"] = mib / timed_step(size, lambda: s3.download_file("bench", "big", str(dest)))
     out["peak RSS MiB"] = peak.peak / MiB
     assert dest.stat().st_size == size
     dest.unlink()
     with ThreadPoolExecutor(4) as pool:
         keys = [f"par-{i}" for i in range(4)]
-        out["4× PUT MiB/s"] = 4 * mib / timed(
-            lambda: list(pool.map(lambda k: upload(target, source, k, multipart), keys)))
+        out["4× PUT MiB/s"] = 4 * mib / timed_step(
+            4 * size, lambda: list(pool.map(lambda k: upload(target, source, k, multipart), keys)))
         paths = [workdir / f"{target.name}-{k}" for k in keys]
-        out["4× GET MiB/s"] = 4 * mib / timed(lambda: list(pool.map(
+        out["4× GET MiB/s"] = 4 * mib / timed_step(4 * size, lambda: list(pool.map(
             lambda kp: s3.download_file("bench", kp[0], str(kp[1])), zip(keys, paths, strict=True))))
         for path in paths:
             path.unlink()
         s3.delete_objects(Bucket="bench", Delete={"Objects": [{"Key": k} for k in [*keys, "big"]]})
     rc = rclone_client(target, workdir)
     back = workdir / f"rclone-back-{target.name}"
-    out["rclone copy up MiB/s"] = mib / timed(lambda: subprocess.run(
+    out["rclone copy up MiB/s"] = mib / timed_step(size, lambda: subprocess.run(
         [*rc, "copy", str(source), "t:bench/rc/"], check=True))
-    out["rclone copy down MiB/s"] = mib / timed(lambda: subprocess.run(
+    out["rclone copy down MiB/s"] = mib / timed_step(size, lambda: subprocess.run(
         [*rc, "copy", "t:bench/rc/", str(back)], check=True))
     shutil.rmtree(back)
     s3.delete_object(Bucket="bench", Key=f"rc/{source.name}")
@@ -230,11 +253,14 @@ def main() -> int:
     p.add_argument("--dir", default="/tmp/s3bench")
     p.add_argument("--json")
     p.add_argument("--only", choices=["cartridge", "rclone"])
+    p.add_argument("--warm-memory", action="store_true",
+                   help="before each large transfer, write and delete a scratch file as large "
+                        "(see warm_memory)")
     args = p.parse_args()
     size = parse_size(args.size)
     workdir = Path(args.dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    need = 8 * size + (2 << 30)
+    need = 8 * size + (2 << 30) + (5 * size if args.warm_memory else 0)
     if shutil.disk_usage(workdir).free < need:
         print(f"{workdir}: needs {need >> 30} GiB free", file=sys.stderr)
         return 1
@@ -251,7 +277,8 @@ def main() -> int:
             continue
         target = start(workdir, size)
         try:
-            results[name] = run_workloads(target, source, size, args.small, args.list, workdir)
+            results[name] = run_workloads(target, source, size, args.small, args.list, workdir,
+                                          args.warm_memory)
             print(name, json.dumps({k: round(v, 2) for k, v in results[name].items()}), flush=True)
         except Exception as exc:  # report, and still run the other target
             print(f"{name}: FAILED: {exc!r} (log: {target.log.name})", file=sys.stderr)
