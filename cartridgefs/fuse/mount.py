@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 1024  # the mount's kernel read-ahead (at the default 128 KiB reads are ~3x slower)
 FAST_PATH_S = 0.0005  # the FUSE loop passes through the scheduler at least this often (seconds)
+# How long the FUSE loop polls for the next request before it sleeps (seconds; see _FuseLoop).
+# Not with one CPU: there the polling would only keep the requesting process from running.
+SPIN_S = 0.0001 if len(os.sched_getaffinity(0)) > 1 else 0.0
 
 
 class _FuseLoop:
@@ -32,10 +35,17 @@ class _FuseLoop:
     a busy machine that process runs (and sends its next request) before this loop goes on. A
     request then costs a poll(2) instead of two passes through the scheduler (one for the lock,
     which trio makes a checkpoint even when free, one for the wait), an epoll_ctl and an
-    epoll_wait: a cold `stat` (one LOOKUP) took 18 instead of 36 µs of CPU. Other tasks are not
-    kept waiting: the fast path is not taken when one is ready to run (except pyfuse3's own
-    tasks waiting for the lock) nor for longer than FAST_PATH_S, after which a real wait lets
-    the scheduler look for I/O, timers and thread results.
+    epoll_wait: a cold `stat` (one LOOKUP) took 18 instead of 36 µs of CPU.
+
+    When no request is waiting yet, the wait polls for up to SPIN_S before it sleeps: a program
+    that sends one request after the other (stat, tar, rsync) sends its next one within tens of
+    µs of our reply, and catching it while polling saves the sleep and wake-up of this thread,
+    which cost more than the polling. A cold `stat` then took 28 instead of 80 µs, and the
+    extraction of 4000 files 3.8–4.0 instead of 5.2–5.6 s, with less CPU, not more.
+
+    Other tasks are not kept waiting: the fast path is not taken when one is ready to run
+    (except pyfuse3's own tasks waiting for the lock) nor for longer than FAST_PATH_S, after
+    which a real wait lets the scheduler look for I/O, timers and thread results.
     """
 
     def __init__(self) -> None:
@@ -47,13 +57,18 @@ class _FuseLoop:
         return _ReadLock(self)
 
     async def wait_readable(self, fd: int) -> None:
-        if time.monotonic() < self._until:
+        now = time.monotonic()
+        if now < self._until:
             poll = self._polls.get(fd)
             if poll is None:
                 poll = self._polls[fd] = select.poll()
                 poll.register(fd, select.POLLIN)
-            if poll.poll(0) and trio.lowlevel.current_statistics().tasks_runnable <= self.woken:
-                return
+            spin_until = min(now + SPIN_S, self._until)
+            while trio.lowlevel.current_statistics().tasks_runnable <= self.woken:
+                if poll.poll(0):
+                    return
+                if time.monotonic() >= spin_until:
+                    break
         await trio.lowlevel.wait_readable(fd)
         self._until = time.monotonic() + FAST_PATH_S
 

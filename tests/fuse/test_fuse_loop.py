@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pyfuse3
@@ -46,6 +47,40 @@ async def test_a_waiting_request_is_taken_without_a_checkpoint(pipe):
         await loop.wait_readable(r)
         async with loop.lock():
             pass
+
+
+async def test_a_request_arriving_while_polling_is_taken_without_a_checkpoint(pipe, monkeypatch):
+    r, w = pipe
+    monkeypatch.setattr(mount_module, "FAST_PATH_S", 30.0)
+    monkeypatch.setattr(mount_module, "SPIN_S", 20.0)  # bounds the test if the write never comes
+    loop = _FuseLoop()
+    os.write(w, b"x")
+    await loop.wait_readable(r)
+    os.read(r, 1)
+    writer = threading.Timer(0.05, os.write, (w, b"y"))
+    writer.start()
+    try:
+        t0 = time.monotonic()
+        with trio.testing.assert_no_checkpoints():
+            await loop.wait_readable(r)  # polls until the other thread has written
+        assert 0.04 < time.monotonic() - t0 < 10
+    finally:
+        writer.join()
+
+
+async def test_polling_ends_after_spin_s(pipe, monkeypatch):
+    r, w = pipe
+    monkeypatch.setattr(mount_module, "FAST_PATH_S", 30.0)
+    monkeypatch.setattr(mount_module, "SPIN_S", 0.05)
+    loop = _FuseLoop()
+    os.write(w, b"x")
+    await loop.wait_readable(r)
+    os.read(r, 1)
+    t0 = time.monotonic()
+    with trio.move_on_after(1) as waited, trio.testing.assert_checkpoints():
+        await loop.wait_readable(r)  # nothing comes: polls for SPIN_S, then really waits
+    assert waited.cancelled_caught
+    assert time.monotonic() - t0 >= 0.05
 
 
 async def test_other_ready_tasks_are_not_kept_waiting(pipe):
