@@ -212,6 +212,11 @@ class FileSystem:
             await self._blocking(self.engine.sync)
         return result
 
+    @property
+    def threads_in_use(self) -> int:
+        """Worker threads running engine work of this filesystem now."""
+        return int(self._limiter.borrowed_tokens)
+
     async def _blocking(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 

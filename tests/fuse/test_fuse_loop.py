@@ -83,6 +83,25 @@ async def test_polling_ends_after_spin_s(pipe, monkeypatch):
     assert time.monotonic() - t0 < 5  # it polled for SPIN_S, not until FAST_PATH_S ran out
 
 
+async def test_no_fast_path_while_worker_threads_run(pipe, monkeypatch):
+    r, w = pipe
+    monkeypatch.setattr(mount_module, "FAST_PATH_S", 30.0)
+    monkeypatch.setattr(mount_module, "SPIN_S", 20.0)
+    busy = [False]
+    loop = _FuseLoop(lambda: busy[0])
+    os.write(w, b"x")
+    await loop.wait_readable(r)
+    busy[0] = True
+    with trio.testing.assert_checkpoints():  # even a waiting request: the scheduler may have
+        await loop.wait_readable(r)  # a thread's result to deliver
+    os.read(r, 1)
+    t0 = time.monotonic()
+    with trio.move_on_after(0.2) as waited:
+        await loop.wait_readable(r)  # nothing comes: a real wait at once, not SPIN_S of polling
+    assert waited.cancelled_caught
+    assert time.monotonic() - t0 < 5
+
+
 async def test_other_ready_tasks_are_not_kept_waiting(pipe):
     r, w = pipe
     loop = _FuseLoop()
