@@ -69,10 +69,11 @@ INLINE_FLUSH_MAX = 64 * 1024  # smaller flushes run on the loop thread when the 
 INLINE_REMOVALS = 16  # `remove_paths` of more names (~50 µs each) runs in a worker thread
 READ_CHUNK = 1024 * 1024
 INLINE_READ_MAX = 128 * 1024  # reads up to this size try the loop thread first (see `_read`)
+CPUS = len(os.sched_getaffinity(0))  # the CPUs this process may run on
 # Engine jobs in worker threads at once: one per CPU, 2 to 4. More only add contention: with 4 on
 # 2 CPUs, four parallel uploads spent ~15 % more CPU per MiB (most of it in the kernel, writers
 # of the cartridge file waiting on its inode lock) and ran ~8 % slower than with 2.
-WORKER_THREADS = max(2, min(4, len(os.sched_getaffinity(0))))
+WORKER_THREADS = max(2, min(4, CPUS))
 COMMIT_INTERVAL = 2.0  # seconds: unsynced changes are committed at least this often
 COMMIT_POLL = 0.25
 

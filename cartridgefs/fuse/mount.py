@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from ..fs.filesystem import FileSystem, keep_loop_responsive, tune_gc
+from ..fs.filesystem import CPUS, FileSystem, keep_loop_responsive, tune_gc
 from .ops import AttrPolicy, Operations
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ READ_AHEAD_KB = 1024  # the mount's kernel read-ahead (at the default 128 KiB re
 FAST_PATH_S = 0.0005  # the FUSE loop passes through the scheduler at least this often (seconds)
 # How long the FUSE loop polls for the next request before it sleeps (seconds; see _FuseLoop).
 # Not with one CPU: there the polling would only keep the requesting process from running.
-SPIN_S = 0.0001 if len(os.sched_getaffinity(0)) > 1 else 0.0
+SPIN_S = 0.0001 if CPUS > 1 else 0.0
 
 
 class _FuseLoop:
