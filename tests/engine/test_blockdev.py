@@ -55,27 +55,18 @@ def test_round_trip(dev):
     assert dev.read(5, 0) == b""
 
 
-def evict(path: str, block: int, count: int) -> None:
-    """Drop blocks of a synced file from the page cache (clean pages go at once)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, block * BLOCK_SIZE, count * BLOCK_SIZE, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def test_read_cached_never_waits_for_the_disk(path):
+def test_read_cached_never_waits_for_the_disk(path, evict_pages):
     """read_cached answers from the page cache only: blocks evicted from it give WouldBlock, and
     once read they come back whole. (The suite's disk is ext4, which reads with RWF_NOWAIT.)"""
     with FileDevice.create(path, 16) as d:
         d.write(2, block(7, 3))
         d.sync()
-        evict(path, 0, 16)
+        evict_pages(path, 0, 16 * BLOCK_SIZE)
         with pytest.raises(WouldBlock):
             d.read_cached(2, 3)
         assert d.read(2, 3) == block(7, 3)
         assert d.read_cached(2, 3) == block(7, 3)
-        evict(path, 4, 1)
+        evict_pages(path, 4 * BLOCK_SIZE, BLOCK_SIZE)
         with pytest.raises(WouldBlock):  # only part of the range is in memory
             d.read_cached(2, 3)
         with pytest.raises(InvalidArgument):

@@ -4,7 +4,6 @@ holes and damage included."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -22,15 +21,6 @@ MODES = {
     "zstd": {"compression": True},
     "encrypted": {"compression": False, "passphrase": PASSPHRASE, "kdf_log2n": 10},
 }
-
-
-def evict(path: str) -> None:
-    """Drop the (synced, hence clean) cartridge file from the page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 async def read_on_loop(fs: FileSystem, ino: int, offset: int, size: int) -> bytes | None:
@@ -60,14 +50,14 @@ async def make_file(path: str, options: dict, rng: random.Random) -> bytes:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_both_paths_give_the_stored_bytes(tmp_path, mode):
+async def test_both_paths_give_the_stored_bytes(tmp_path, mode, evict_pages):
     rng = random.Random(mode)
     path = str(tmp_path / "t.cart")
     options = MODES[mode]
     model = await make_file(path, options, rng)
     fs = FileSystem(Engine.open(path, passphrase=options.get("passphrase")))
     ino = (await fs.lookup(ROOT_INO, b"f")).ino
-    evict(path)
+    evict_pages(path)  # the whole cartridge file, synced by the close
 
     ranges = [(rng.randrange(len(model) + 1000), rng.randrange(1, INLINE_READ_MAX + 1))
               for _ in range(300)]
