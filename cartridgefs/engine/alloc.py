@@ -175,17 +175,18 @@ class Allocator:
             self._mark(block, count, False)
             self.pending[gen].append((block, count))
 
-    def reclaim(self, durable_gen: int, oldest_reader_gen: int | None) -> int:
-        """Make pending blocks reusable where that is safe now; returns how many."""
-        freed = 0
+    def reclaim(self, durable_gen: int, oldest_reader_gen: int | None) -> list[tuple[int, int]]:
+        """Make pending blocks reusable where that is safe now; returns their runs (block, count)."""
+        released: list[tuple[int, int]] = []
         with self._lock:
             for gen in sorted(self.pending):
                 if gen > durable_gen or (oldest_reader_gen is not None and gen >= oldest_reader_gen):
                     break
-                for block, count in self.pending.pop(gen):
+                runs = self.pending.pop(gen)
+                for block, count in runs:
                     self._release(block, count)
-                    freed += count
-        return freed
+                released += runs
+        return released
 
     def _mark(self, block: int, count: int, on: bool) -> None:
         set_bits(self.persist, block, count, on)

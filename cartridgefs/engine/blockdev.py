@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -53,6 +54,10 @@ class BlockDevice(Protocol):
 
     def sync(self) -> None:
         """Make every completed write durable."""
+        ...
+
+    def forget_cached(self, block: int, count: int) -> None:
+        """A hint: these blocks are free now; drop their copies from the OS page cache."""
         ...
 
     def close(self) -> None:
@@ -192,6 +197,16 @@ class FileDevice:
             self._sync_error = err
             raise
 
+    def forget_cached(self, block: int, count: int) -> None:
+        """posix_fadvise(DONTNEED): the kernel drops the clean cached pages of these blocks (a
+        freed block's pages would otherwise stay cached until memory runs short, where a deleted
+        file's are freed at once). Only a hint: the contents stay as they are, and a failure is
+        ignored."""
+        fd = self._live_fd()
+        check_range(self.nblocks, block, count)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, block * BLOCK_SIZE, count * BLOCK_SIZE, os.POSIX_FADV_DONTNEED)
+
     def close(self) -> None:
         """Close the file (and release the lock); idempotent."""
         fd, self._fd = self._fd, -1
@@ -286,6 +301,9 @@ class MemoryDevice:
 
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
+
+    def forget_cached(self, block: int, count: int) -> None:
+        """Nothing to do: there is no cache below memory."""
 
     def close(self) -> None:
         """Nothing to release."""

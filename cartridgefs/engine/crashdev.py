@@ -88,6 +88,9 @@ class CrashDevice:
             self._pending.clear()
             self.syncs += 1
 
+    def forget_cached(self, block: int, count: int) -> None:
+        """Nothing to do: this device has no cache to drop."""
+
     def close(self) -> None:
         """Nothing to release; harmless after a crash so that cleanup code can run."""
 

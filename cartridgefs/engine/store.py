@@ -59,6 +59,9 @@ DEFAULT_CACHE = 64 * 1024 * 1024
 COMMIT_OPS = 50_000  # tree operations after which `needs_commit` says so
 FIRST_INODE = 2
 _EPOCH_ROTATE_BELOW = 1 << 24  # nonces left in an epoch before a commit starts a new one
+# Runs of reusable blocks whose cached pages wait to be dropped (`drop_released_pages`); past
+# this many, merged, only the largest half is kept: dropping pages is a hint, not a duty.
+RELEASED_RUNS_MAX = 65536
 
 
 def _chunk_key(index: int) -> bytes:
@@ -100,6 +103,8 @@ class Engine:
         self._commit = threading.Lock()
         self._readers_lock = threading.Lock()
         self._readers: Counter[int] = Counter()
+        self._released_lock = threading.Lock()
+        self._released: list[tuple[int, int]] = []  # see drop_released_pages
         self.durable_gen = gen
         self.epoch = payload.epoch
         self.damaged: str | None = None
@@ -436,7 +441,32 @@ class Engine:
     def _reclaim(self) -> None:
         with self._readers_lock:
             oldest = min(self._readers) if self._readers else None
-        self.alloc.reclaim(self.durable_gen, oldest)
+        released = self.alloc.reclaim(self.durable_gen, oldest)
+        if released:
+            with self._released_lock:
+                self._released += released
+                if len(self._released) > RELEASED_RUNS_MAX:
+                    runs = sorted(_merge_runs(self._released), key=lambda run: run[1], reverse=True)
+                    self._released = runs[: RELEASED_RUNS_MAX // 2]
+
+    @property
+    def has_released_pages(self) -> bool:
+        """Blocks became reusable since the last `drop_released_pages`."""
+        return bool(self._released)
+
+    def drop_released_pages(self) -> int:
+        """Tell the OS to drop its cached pages of the blocks that became reusable since the last
+        call; returns how many blocks. The blocks' old contents are garbage: cached, they would
+        crowd out live data and make fresh pages dear until memory runs short. Blocking (about
+        40 ms per GiB): call it from a worker thread. A block reused meanwhile just loses its
+        cached pages (written ones are written back first, as the kernel always does)."""
+        with self._released_lock:
+            runs, self._released = self._released, []
+        dropped = 0
+        for block, count in _merge_runs(runs):
+            self.dev.forget_cached(block, count)
+            dropped += count
+        return dropped
 
     def _check_writable(self) -> None:
         if self.readonly:
@@ -710,6 +740,7 @@ class Engine:
         try:
             if not self.readonly:
                 self.sync()
+                self.drop_released_pages()
         finally:
             self.dev.close()
 
@@ -736,6 +767,17 @@ def _snapshot_key(name: str) -> bytes:
     if not raw or len(raw) > 255 or "/" in name or name in (".", "..") or "\0" in name:
         raise InvalidArgument(f"invalid snapshot name {name!r}")
     return raw
+
+
+def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of blocks (block, count), sorted, with adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for block, count in sorted(runs):
+        if merged and merged[-1][0] + merged[-1][1] == block:
+            merged[-1] = (merged[-1][0], merged[-1][1] + count)
+        else:
+            merged.append((block, count))
+    return merged
 
 
 def _coalesce(writes: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:

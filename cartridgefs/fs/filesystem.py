@@ -757,11 +757,14 @@ class FileSystem:
 
     async def commit_periodically(self, interval: float = COMMIT_INTERVAL) -> None:
         """Run by a server: store buffered data and commit every `interval` s (sooner when many
-        changes wait), so nothing unsynced is older than that."""
+        changes wait), so nothing unsynced is older than that; and drop the page cache of freed
+        blocks soon after they become reusable."""
         engine = self.engine
         last = time.monotonic()
         while True:
             await trio.sleep(COMMIT_POLL)
+            if engine.has_released_pages:  # (after deletes: give their page cache back)
+                await self._blocking(engine.drop_released_pages)
             if engine.readonly:
                 continue
             if time.monotonic() - last < interval and not engine.needs_commit:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from cartridgefs.engine.alloc import get_bit
-from cartridgefs.engine.blockdev import MemoryDevice
+from cartridgefs.engine.blockdev import BLOCK_SIZE, MemoryDevice
 from cartridgefs.engine.store import Engine
 from cartridgefs.errors import NoSpace
 
@@ -150,3 +150,66 @@ def test_reader_keeps_deleted_extents_alive(store, rng) -> None:
     with engine.reader() as view:
         assert engine.get(view, "fs", b"old" + bytes(8)) is None
     store.assert_fsck_clean(engine)
+
+
+def test_freed_blocks_leave_the_page_cache(store, rng, tmp_path, cached_pages) -> None:
+    """Blocks that became reusable have their cached pages dropped (a deleted file's pages
+    leave the page cache at once; a cartridge's freed blocks must not hold on to theirs), but
+    not while a reader may still read them, and never a live block's."""
+    path = str(tmp_path / "c.cart")
+    engine = Engine.create(path, 2048, compression=False)
+    keep = rng.randbytes(4 * FILE_SIZE)
+    kept = store.write_file(engine, b"keep", keep)
+    old = store.write_file(engine, b"old", rng.randbytes(8 * FILE_SIZE))
+    engine.sync()
+    engine.drop_released_pages()
+
+    def cached(ptrs) -> int:
+        return sum(cached_pages(path, p.block * BLOCK_SIZE, p.nblocks * BLOCK_SIZE) for p in ptrs)
+
+    def blocks(ptrs) -> int:
+        return sum(p.nblocks for p in ptrs)
+
+    assert cached(kept + old) == blocks(kept + old)  # just written
+    with engine.reader():
+        with engine.txn() as t:
+            for k, _ in list(t.items("fs", b"old", b"old\xff")):
+                t.delete("fs", k)
+        engine.sync()
+        engine.drop_released_pages()
+        assert cached(old) == blocks(old)  # the reader may still read them
+    # The reader has ended, so the old file's blocks are reusable now.
+    assert engine.has_released_pages
+    assert engine.drop_released_pages() >= blocks(old)
+    assert not engine.has_released_pages
+    assert cached(old) == 0
+    assert cached(kept) == blocks(kept)
+    assert store.digest(store.read_file(engine, b"keep")) == store.digest(keep)
+    store.assert_fsck_clean(engine)
+    engine.close()
+
+
+def test_released_runs_waiting_for_a_drop_are_bounded(store, rng, tmp_path, cached_pages, monkeypatch) -> None:
+    """Runs waiting for their pages to be dropped are merged and, past the bound, only the
+    largest are kept (nothing else depends on them: the blocks are free either way)."""
+    monkeypatch.setattr("cartridgefs.engine.store.RELEASED_RUNS_MAX", 8)
+    path = str(tmp_path / "c.cart")
+    engine = Engine.create(path, 4096, compression=False)
+    sizes = [BLOCK_SIZE * (1 + i % 3) for i in range(30)]
+    sizes[7] = 16 * FILE_SIZE  # the largest run: its pages must still be dropped
+    doomed = []
+    for i, size in enumerate(sizes):
+        doomed.append(store.write_file(engine, b"doomed-%02d" % i, rng.randbytes(size)))
+        store.write_file(engine, b"keep-%02d" % i, rng.randbytes(BLOCK_SIZE))  # keeps runs apart
+    engine.sync()
+    engine.drop_released_pages()
+    with engine.txn() as t:
+        for k, _ in list(t.items("fs", b"doomed-", b"doomed-\xff")):
+            t.delete("fs", k)
+    engine.sync()
+    assert len(engine._released) <= 8
+    engine.drop_released_pages()
+    big = doomed[7]
+    assert sum(cached_pages(path, p.block * BLOCK_SIZE, p.nblocks * BLOCK_SIZE) for p in big) == 0
+    store.assert_fsck_clean(engine)
+    engine.close()
