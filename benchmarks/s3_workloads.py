@@ -142,9 +142,10 @@ def rclone_client(target: Target, workdir: Path) -> list[str]:
 def warm_memory(workdir: Path, nbytes: int) -> None:
     """Write `nbytes` to a scratch file and delete it: the next step gets page-cache pages that
     were just in use. On a VM whose idle memory goes back to the host, a step that fills fresh
-    pages (a download's file) otherwise pays for them; and whether it does depends on what the
-    steps before freed (rclone serve's deletes free the objects' pages, a cartridge keeps its
-    freed blocks' pages), not on the server under test."""
+    pages (a download's file) otherwise pays for them. Whether it does depends on what the steps
+    before freed: rclone serve's deletes free the objects' pages, and a cartridge now drops its
+    freed blocks' pages too (docs/engine.md); before it did, the first download after the deletes
+    ran at half speed from a cartridge without this warm-up."""
     scratch, chunk = workdir / "warm.tmp", bytes(16 * MiB)
     with open(scratch, "wb") as f:
         for _ in range(-(-nbytes // len(chunk))):
