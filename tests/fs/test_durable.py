@@ -68,6 +68,7 @@ async def test_the_periodic_task_gives_back_the_page_cache_of_deleted_data(tmp_p
     await fs.durable()
     freed = [b for b in range(engine.alloc.nblocks) if get_bit(before, b) and not get_bit(engine.alloc.inuse, b)]
     assert len(freed) >= (4 << 20) // BLOCK_SIZE
+
     def cached() -> int:
         return sum(cached_pages(path, block * BLOCK_SIZE, BLOCK_SIZE) for block in freed)
 
