@@ -152,6 +152,11 @@ def test_reader_keeps_deleted_extents_alive(store, rng) -> None:
     store.assert_fsck_clean(engine)
 
 
+def cached_blocks(cached_pages, path: str, ptrs) -> int:
+    """How many blocks of these extents are in the page cache."""
+    return sum(cached_pages(path, p.block * BLOCK_SIZE, p.nblocks * BLOCK_SIZE) for p in ptrs)
+
+
 def test_freed_blocks_leave_the_page_cache(store, rng, tmp_path, cached_pages) -> None:
     """Blocks that became reusable have their cached pages dropped (a deleted file's pages
     leave the page cache at once; a cartridge's freed blocks must not hold on to theirs), but
@@ -165,7 +170,7 @@ def test_freed_blocks_leave_the_page_cache(store, rng, tmp_path, cached_pages) -
     engine.drop_released_pages()
 
     def cached(ptrs) -> int:
-        return sum(cached_pages(path, p.block * BLOCK_SIZE, p.nblocks * BLOCK_SIZE) for p in ptrs)
+        return cached_blocks(cached_pages, path, ptrs)
 
     def blocks(ptrs) -> int:
         return sum(p.nblocks for p in ptrs)
@@ -210,6 +215,6 @@ def test_released_runs_waiting_for_a_drop_are_bounded(store, rng, tmp_path, cach
     assert len(engine._released) <= 8
     engine.drop_released_pages()
     big = doomed[7]
-    assert sum(cached_pages(path, p.block * BLOCK_SIZE, p.nblocks * BLOCK_SIZE) for p in big) == 0
+    assert cached_blocks(cached_pages, path, big) == 0
     store.assert_fsck_clean(engine)
     engine.close()
