@@ -544,8 +544,9 @@ class Operations(pyfuse3.Operations):
         if found.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.fs.open(inode)
-        if flags & os.O_TRUNC and found.size:
-            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
+        if flags & os.O_TRUNC:
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us, and with it
+            # the new mtime and ctime that O_TRUNC gives even an empty file.
             try:
                 await self.fs.setattr(Ctx(ctx.uid, ctx.gid, ORIGIN), inode, size=0)
             except BaseException:
