@@ -19,7 +19,7 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -31,6 +31,7 @@ from ..errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
+    NameTooLong,
     NoAttribute,
     NotADirectory,
     NotEmpty,
@@ -41,6 +42,7 @@ from ..errors import (
 from . import data
 from .buffer import DirtyRanges
 from .items import (
+    NAME_MAX,
     ROOT_INO,
     Decoded,
     DirEntry,
@@ -87,6 +89,20 @@ class Ctx:
     uid: int = 0
     gid: int = 0
     origin: str = ""
+
+
+def _setgid_inherited(pdir: Inode, mode: int, ctx: Ctx) -> tuple[int, Ctx]:
+    """The mode and owner of a new inode in `pdir`. A setgid directory passes on its group, and
+    its setgid bit to new directories; a new file keeps a setgid bit only if its creator is root
+    or in that group. Linux filesystems do this themselves (`inode_init_owner`): under FUSE the
+    kernel leaves it to us. Only the creator's primary group is known here."""
+    if not pdir.mode & stat.S_ISGID:
+        return mode, ctx
+    if stat.S_ISDIR(mode):
+        mode |= stat.S_ISGID
+    elif ctx.uid != 0 and ctx.gid != pdir.gid and mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode, replace(ctx, gid=pdir.gid)
 
 
 @dataclass(frozen=True)
@@ -352,6 +368,7 @@ class FileSystem:
             if self._entry(t, parent, name) is not None:
                 raise Exists(f"{name!r} exists")
             is_dir = stat.S_ISDIR(mode)
+            mode, ctx = _setgid_inherited(pdir, mode, ctx)
             child = self._new_inode(t, ctx, mode, now, nlink=2 if is_dir else 1, rdev=rdev,
                                     flags=flags, parent=parent if is_dir else 0,
                                     size=len(target) if target is not None else 0)
@@ -1304,7 +1321,10 @@ class FsView:
 
     def find(self, parent: int, name: bytes) -> Inode | None:
         """The inode named `name` in directory `parent`; None when the directory has no such name
-        (NotFound or NotADirectory when `parent` itself is missing or not a directory)."""
+        (NotFound or NotADirectory when `parent` itself is missing or not a directory; NameTooLong
+        for a name no directory can hold, as a local filesystem answers)."""
+        if len(name) > NAME_MAX:
+            raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
         memo = self._live_memo()
         if memo is not None:  # answered from the memo when both items are there
             entry = memo.entries.get((parent, name), memo)
