@@ -31,7 +31,6 @@ from ..errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
-    NameTooLong,
     NoAttribute,
     NotADirectory,
     NotEmpty,
@@ -42,7 +41,6 @@ from ..errors import (
 from . import data
 from .buffer import DirtyRanges
 from .items import (
-    NAME_MAX,
     ROOT_INO,
     Decoded,
     DirEntry,
@@ -1321,10 +1319,7 @@ class FsView:
 
     def find(self, parent: int, name: bytes) -> Inode | None:
         """The inode named `name` in directory `parent`; None when the directory has no such name
-        (NotFound or NotADirectory when `parent` itself is missing or not a directory; NameTooLong
-        for a name no directory can hold, as a local filesystem answers)."""
-        if len(name) > NAME_MAX:
-            raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+        (NotFound or NotADirectory when `parent` itself is missing or not a directory)."""
         memo = self._live_memo()
         if memo is not None:  # answered from the memo when both items are there
             entry = memo.entries.get((parent, name), memo)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ..errors import CartridgeError, NoAttribute
+from ..errors import CartridgeError, NameTooLong, NoAttribute
 from ..fs.filesystem import Change, Ctx, FileSystem, FsView
-from ..fs.items import ROOT_INO, Inode
+from ..fs.items import NAME_MAX, ROOT_INO, Inode
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,8 @@ class Operations(pyfuse3.Operations):
     # --- namespace ---
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:  # the kernel only refuses names over 1024 bytes for FUSE
+            raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
         if parent_inode <= LOW and name != b"." and name != b".." and not (
                 parent_inode == ROOT_INO and name == SNAPDIR_NAME):
             # A name in the live tree (first: by far the most frequent request).
