@@ -203,6 +203,9 @@ class FileSystem:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
+        # Who else may still use an inode by number after its last name is gone (the kernel, for
+        # a mount): such a nameless inode stays, as an orphan, until `let_go` (see _in_use).
+        self.holders: list[Callable[[int], bool]] = []
         self._open: dict[int, _Open] = {}
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
         self._committing: trio.Event | None = None  # set when the running durable() commit ends
@@ -280,6 +283,8 @@ class FileSystem:
         inode = self._inode(t, ino)
         if not inode.is_dir:
             raise NotADirectory(f"inode {ino} is not a directory")
+        if inode.nlink == 0:  # removed, still held open: nothing can be made in it
+            raise NotFound(f"directory {ino} was removed")
         return inode
 
     def _with_open_state(self, inode: Inode) -> Inode:
@@ -423,29 +428,41 @@ class FileSystem:
         return self._with_open_state(inode)
 
     def _unlink_inode(self, t: Txn, inode: Inode, now: int) -> None:
-        """One name of `inode` is gone: drop it when it was the last and nobody has it open."""
+        """One name of `inode` is gone: drop it when it was the last and nobody uses it."""
         if inode.is_dir:
-            inode = inode.changed(nlink=0)
+            inode = inode.changed(nlink=0, ctime_ns=now)
+            self._abort_uploads(t, inode)
         else:
             inode = inode.changed(nlink=inode.nlink - 1, ctime_ns=now)
         if inode.nlink > 0:
             t.put("fs", inode_key(inode.ino), inode.encode())
-        elif inode.ino in self._open:
+        elif self._in_use(inode):
             t.put("fs", inode_key(inode.ino), inode.encode())
             t.put("meta", orphan_key(inode.ino), b"")
         else:
             self._drop(t, inode)
 
-    def _drop(self, t: Txn, inode: Inode) -> None:
-        """Delete every item of an inode (its extents lose a reference and may be freed). A
-        bucket takes its unfinished multipart uploads with it, as DeleteBucket does on AWS: their
-        records are keyed by its inode (any directory: it may have been moved since)."""
-        if inode.is_dir:
-            from .multipart import Uploads  # multipart builds on this module
+    def _in_use(self, inode: Inode) -> bool:
+        """Whether a nameless inode must stay: open here, or, when not a regular file, still
+        known to a holder (an open directory, FIFO or socket, a removed working directory).
+        A regular file is only used through open handles; keeping it while the kernel merely
+        caches it would hold its space until the kernel evicts it, which for a name removed
+        over S3 may be much later."""
+        if inode.ino in self._open:
+            return True
+        return not inode.is_reg and any(held(inode.ino) for held in self.holders)
 
-            uploads = Uploads(self)
-            for upload in uploads.uploads_in(t, inode.ino):
-                uploads.abort_in(t, upload)
+    def _abort_uploads(self, t: Txn, directory: Inode) -> None:
+        """A removed bucket takes its unfinished multipart uploads with it, as DeleteBucket does
+        on AWS: their records are keyed by its inode (any directory: it may have been moved)."""
+        from .multipart import Uploads  # multipart builds on this module
+
+        uploads = Uploads(self)
+        for upload in uploads.uploads_in(t, directory.ino):
+            uploads.abort_in(t, upload)
+
+    def _drop(self, t: Txn, inode: Inode) -> None:
+        """Delete every item of an inode (its extents lose a reference and may be freed)."""
         prefix = inode_prefix(inode.ino)
         for key, _ in list(t.items("fs", prefix, next_prefix(prefix))):
             t.delete("fs", key)
@@ -669,11 +686,18 @@ class FileSystem:
             if st.count <= 0:
                 await self._meta(self._drop_if_orphan, ino)
 
+    async def let_go(self, ino: int) -> None:
+        """A holder let go of `ino`: free it if it is a nameless inode nobody uses any more."""
+        inode = self.view().getattrs([ino]).get(ino)
+        if inode is not None and inode.nlink == 0:  # (a read first: most inodes have names)
+            await self._meta(self._drop_if_orphan, ino)
+
     def _drop_if_orphan(self, ino: int) -> None:
         with self.engine.txn() as t:
             inode = self._inode_or_none(t, ino)
             # A nameless inode held by something else (a multipart upload's part) stays.
-            if inode is not None and inode.nlink == 0 and t.delete("meta", orphan_key(ino)):
+            if (inode is not None and inode.nlink == 0 and not self._in_use(inode)
+                    and t.delete("meta", orphan_key(ino))):
                 self._drop(t, inode)
 
     async def read(self, ino: int, offset: int, size: int, streaming: bool = False) -> bytes:

@@ -174,7 +174,9 @@ class Operations(pyfuse3.Operations):
         self._names: dict[int, str] = {}  # slot -> snapshot name
         self._views: dict[int, FsView] = {}
         self._live = fs.view()
-        self._known: set[int] = set()  # inodes the kernel was told about and not yet forgot
+        # The kernel's lookup count per inode (what it may cache, until it forgets it): the root
+        # is known from the start and never forgotten.
+        self._known: dict[int, int] = {ROOT_INO: 1}
         self._attrs: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}  # see _entry
         self._misses = _Misses()  # live-tree names the kernel may hold as negative entries
         self._handles: Counter[int] = Counter()  # open handles per live inode
@@ -182,6 +184,7 @@ class Operations(pyfuse3.Operations):
         self._kill_on_write: set[int] = set()  # of those, inodes given privileges since (see write)
         self.initialised = trio.Event()  # set once the kernel's FUSE_INIT is answered
         fs.listeners.append(self._on_change)
+        fs.holders.append(self._known.__contains__)
 
     def init(self) -> None:
         # Called by pyfuse3 on the loop thread while it handles FUSE_INIT (the reply follows).
@@ -189,8 +192,15 @@ class Operations(pyfuse3.Operations):
 
     # --- attributes ---
 
+    def _looked_up(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """An entry the kernel is given (lookup, a creation, a readdirplus entry): one more
+        reference it holds to the inode, until `forget`."""
+        if e.st_ino:
+            known = self._known
+            known[e.st_ino] = known.get(e.st_ino, 0) + 1
+        return e
+
     def _entry(self, inode: Inode, fuse_ino: int, readonly: bool = False) -> pyfuse3.EntryAttributes:
-        self._known.add(fuse_ino)  # what the kernel may cache, for a restore to invalidate
         if readonly:
             return self._attributes(inode, fuse_ino, readonly)
         # Live inodes come back as the same object while unchanged (FsView keeps decoded ones):
@@ -333,6 +343,9 @@ class Operations(pyfuse3.Operations):
     # --- namespace ---
 
     async def lookup(self, parent_inode, name, ctx=None):
+        return self._looked_up(await self._lookup(parent_inode, name))
+
+    async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
         if len(name) > NAME_MAX:  # the kernel only refuses names over 1024 bytes for FUSE
             raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
         if parent_inode <= LOW and name != b"." and name != b".." and not (
@@ -423,6 +436,7 @@ class Operations(pyfuse3.Operations):
                 attr = self._entry(inode, slot << SHIFT | ROOT_INO, readonly=True)
                 if not pyfuse3.readdir_reply(token, name.encode(errors="surrogateescape"), attr, slot):
                     return
+                self._looked_up(attr)
             return
         view, ino = self._split(fh)
         if view is None:
@@ -439,30 +453,30 @@ class Operations(pyfuse3.Operations):
             after = batch[-1][2]
 
     def _reply_entries(self, token, entries: Iterable[tuple[bytes, Inode, int]], slot: int) -> bool:
-        """Add entries to a readdir reply; False once one did not fit (the reply is full)."""
-        reply = pyfuse3.readdir_reply
+        """Add entries to a readdir reply; False once one did not fit (the reply is full). Each
+        entry added is a lookup (readdirplus)."""
+        reply, looked_up = pyfuse3.readdir_reply, self._looked_up
         if slot:
             for name, inode, offset in entries:
-                if not reply(token, name, self._entry(inode, slot << SHIFT | inode.ino, True), offset):
+                attr = self._entry(inode, slot << SHIFT | inode.ino, True)
+                if not reply(token, name, attr, offset):
                     return False
+                looked_up(attr)
             return True
         # Live entries: _entry's reuse of built attributes inline (this runs for every entry).
-        attrs, known = self._attrs, self._known
+        attrs = self._attrs
         for name, inode, offset in entries:
             cached = attrs.get(inode.ino)
-            if cached is not None and cached[0] is inode:
-                known.add(inode.ino)
-                attr = cached[1]
-            else:
-                attr = self._entry(inode, inode.ino)
+            attr = cached[1] if cached is not None and cached[0] is inode else self._entry(inode, inode.ino)
             if not reply(token, name, attr, offset):
                 return False
+            looked_up(attr)
         return True
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._writable_parent(parent_inode, name)
         inode = await self.fs.mkdir(_ctx(ctx), parent, name, mode & ~ctx.umask)
-        return self._entry(inode, inode.ino)
+        return self._looked_up(self._entry(inode, inode.ino))
 
     def _writable_parent(self, parent_inode: int, name: bytes) -> int:
         if parent_inode == SNAPDIR_INO:
@@ -489,12 +503,12 @@ class Operations(pyfuse3.Operations):
         ino = self._writable(inode)
         parent = self._writable_parent(new_parent_inode, new_name)
         result = await self.fs.link(_ctx(ctx), ino, parent, new_name)
-        return self._entry(result, result.ino)
+        return self._looked_up(self._entry(result, result.ino))
 
     async def symlink(self, parent_inode, name, target, ctx):
         parent = self._writable_parent(parent_inode, name)
         inode = await self.fs.symlink(_ctx(ctx), parent, name, target)
-        return self._entry(inode, inode.ino)
+        return self._looked_up(self._entry(inode, inode.ino))
 
     async def readlink(self, inode, ctx):
         view, ino = self._split(inode)
@@ -506,7 +520,7 @@ class Operations(pyfuse3.Operations):
         parent = self._writable_parent(parent_inode, name)
         mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
         inode = await self.fs.mknod(_ctx(ctx), parent, name, mode, rdev)
-        return self._entry(inode, inode.ino)
+        return self._looked_up(self._entry(inode, inode.ino))
 
     # --- files ---
 
@@ -520,7 +534,7 @@ class Operations(pyfuse3.Operations):
         # handle never reads or maps the file, and the page cache was empty.
         direct = flags & os.O_ACCMODE == os.O_WRONLY and not _privileged(inode.mode)
         self._opened(inode.ino, direct)
-        return pyfuse3.FileInfo(fh=inode.ino, direct_io=direct), self._entry(inode, inode.ino)
+        return pyfuse3.FileInfo(fh=inode.ino, direct_io=direct), self._looked_up(self._entry(inode, inode.ino))
 
     def _opened(self, ino: int, direct: bool = False) -> None:
         self._handles[ino] += 1
@@ -661,6 +675,18 @@ class Operations(pyfuse3.Operations):
         await self.fs.removexattr(_ctx(ctx), ino, name)
 
     async def forget(self, inode_list):
-        for ino, _nlookup in inode_list:  # the kernel dropped the inode: nothing to invalidate
-            self._known.discard(ino)
+        known = self._known
+        for ino, nlookup in inode_list:
+            left = known.get(ino, 0) - nlookup
+            if left > 0:
+                known[ino] = left
+                continue
+            # The kernel dropped the inode: nothing to invalidate, and a removed live inode that
+            # was kept for it (see FileSystem.holders) can go.
+            known.pop(ino, None)
+            if not ino >> SHIFT:
+                try:
+                    await self.fs.let_go(ino)
+                except Exception:  # forget has no reply: an error could only be logged
+                    log.exception("freeing removed inode %d failed", ino)
 

@@ -633,7 +633,7 @@ class Generator:
                  weights: dict[str, float] | None = None, avoid: frozenset[str] = frozenset()
                  ) -> None:
         self.rng = random.Random(seed)
-        self.avoid = avoid  # differences not to run into (see DOCUMENTED, KNOWN_BUGS)
+        self.avoid = avoid  # differences not to run into (see DOCUMENTED)
         self.creating = False  # whether the operation being made creates a name
         self.oracle = oracle
         self.handles: dict[int, str] = {}  # open handle -> path it was opened by
@@ -714,21 +714,6 @@ class Generator:
         paths, _ = self._paths()
         same = [p for p in paths if p != rel and os.lstat(self.oracle.p(p)).st_ino == ino]
         return self.rng.choice(same) if same else rel
-
-    def removes_open_special(self, rel: str) -> bool:
-        """Whether removing `rel` could take the last name of an open directory, FIFO or device
-        (when avoiding that known bug: MINIMAL_CASES["unlinked_special"])."""
-        if "unlinked_special" not in self.avoid:
-            return False
-        try:
-            ino = os.lstat(self.oracle.p(rel)).st_ino
-        except OSError:
-            return False
-        for fd in self.oracle.fds.values():
-            st = os.fstat(fd)
-            if st.st_ino == ino and not stat.S_ISREG(st.st_mode):
-                return True
-        return False
 
     def handle(self) -> int:
         return self.rng.choice(list(self.handles)) if self.handles else 0
@@ -921,15 +906,12 @@ class Generator:
         return (self.existing(), self.rng.choice(OWNERS), self.rng.choice(OWNERS),
                 self.rng.random() < 0.7)
 
-    def gen_unlink(self) -> tuple | None:
-        rel = self.existing()
-        return None if self.removes_open_special(rel) else (rel,)
+    def gen_unlink(self) -> tuple:
+        return (self.existing(),)
 
     def gen_rmdir(self) -> tuple | None:
         rel = self.directory() if self.rng.random() < 0.7 else self.existing()
-        if not rel or self.removes_open_special(rel):  # (not the root of the side)
-            return None
-        return (rel,)
+        return (rel,) if rel else None  # (not the root of the side)
 
     def gen_mkdir(self) -> tuple:
         return self.new(), self.rng.choice([self.mode(directory=True), 0o755])
@@ -945,10 +927,7 @@ class Generator:
             new = os.path.join(old, self.rng.choice(NAMES))  # into itself
         else:
             new = self.new()
-        flags = self.rng.choice([0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
-        if self.removes_open_special(new) or flags and self.removes_open_special(old):
-            return None
-        return old, new, flags
+        return old, new, self.rng.choice([0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
 
     def gen_link(self) -> tuple:
         return self.existing(), self.new(), self.rng.random() < 0.5
@@ -1124,10 +1103,9 @@ def run_sequence(runner: Runner, gen: Generator, ops: int, *, check_every: int,
 # --- the tests ------------------------------------------------------------------------------
 
 # Differences the random test steers clear of. Documented: the mount drops setuid/setgid at a
-# write through a direct-I/O handle also for root (docs/mount.md). Known bugs, each with a
-# minimal case in MINIMAL_CASES below (marked xfail): drop a name here once its bug is fixed.
+# write through a direct-I/O handle also for root (docs/mount.md). A bug found gets a minimal
+# case in MINIMAL_CASES below; while it is open, a name here can keep the random runs off it.
 DOCUMENTED = frozenset({"suid_direct"})
-KNOWN_BUGS = frozenset({"unlinked_special"})
 
 RANDOM_RUNS = [(1, "mixed"), (2, "data"), (3, "mixed"), (4, "data")]  # (seed, profile)
 OPS_PER_RUN = 2000
@@ -1156,7 +1134,7 @@ def test_random_operations_agree(cartridge_mount, tmp_path: Path, seed: int, pro
     runner = _sides(cartridge_mount, tmp_path)
     weights = DATA_WEIGHTS if profile == "data" else WEIGHTS
     gen = Generator(seed, runner.oracle, data_budget=24 << 20, weights=weights,
-                    avoid=DOCUMENTED | KNOWN_BUGS)
+                    avoid=DOCUMENTED)
 
     def remount() -> None:
         cartridge_mount.stop()  # unmount, wait for exit status 0, cartridge fsck
@@ -1180,7 +1158,7 @@ def test_random_operations_agree(cartridge_mount, tmp_path: Path, seed: int, pro
 
 
 EXPLICIT = (10**18, 10**18 + 123)  # (atime, mtime) set with utime
-MINIMAL_CASES = {  # sequences the random test found; the last two are known bugs
+MINIMAL_CASES = {  # sequences the random test found
     # A lookup of a name longer than 255 bytes answers ENAMETOOLONG (it used to be ENOENT).
     "lookup_too_long": [
         Op("stat", (TOO_LONG, True)),
@@ -1204,8 +1182,9 @@ MINIMAL_CASES = {  # sequences the random test found; the last two are known bug
         Op("open", (1, "d/f", os.O_CREAT | os.O_WRONLY, 0o644)),
         Op("fstat", (1,)),
     ],
-    # Known bug: a FIFO (or device, socket) open when its last name goes is freed at once:
-    # its open descriptor then answers ENOENT (FUSE opens of those never reach the filesystem).
+    # A FIFO (or device, socket) open when its last name goes stays usable through its open
+    # descriptor (FUSE opens of those never reach the filesystem: the kernel's lookup count
+    # keeps it).
     "unlinked_special": [
         Op("mkfifo", ("p", 0o644)),
         Op("open", (1, "p", os.O_RDWR, 0)),
@@ -1224,14 +1203,7 @@ MINIMAL_CASES = {  # sequences the random test found; the last two are known bug
 }
 
 
-_UNLINKED_OPEN = pytest.mark.xfail(
-    strict=True, reason="known bug: an open non-regular file or directory is freed at its last "
-    "unlink (the FUSE adapter does not keep inodes until the kernel forgets them)")
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(name, marks=_UNLINKED_OPEN) if name.startswith("unlinked_") else name
-    for name in sorted(MINIMAL_CASES)])
+@pytest.mark.parametrize("case", sorted(MINIMAL_CASES))
 def test_minimal_case(cartridge_mount, tmp_path: Path, case: str) -> None:
     """Minimal sequences (found by the random test) that once differed from a local filesystem."""
     cartridge_mount.start()
