@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from cartridgefs.errors import Exists, NotADirectory, NotFound
 from cartridgefs.fs.filesystem import FLAG_IMPLICIT_DIR, Ctx, FileSystem, FsView, Removal
 from cartridgefs.fs.items import ROOT_INO, DirEntry, Inode
+from cartridgefs.fs.multipart import LAYOUT_XATTR  # (also under XATTR_PREFIX: the part sizes)
 from s3api.errors import S3Error
 from s3api.names import parse_key, validate_bucket_name
 
@@ -37,6 +38,13 @@ STORED_HEADERS = ("content-type", "content-encoding", "content-disposition", "co
                   "cache-control", "expires")
 LIST_BATCH = 1000
 SLASH = 0x2F
+
+
+def describes_content(name: bytes) -> bool:
+    """Whether an S3 xattr describes the stored bytes (checksums, the part layout) rather than
+    the object's metadata: kept when a copy onto itself replaces the metadata, never copied to
+    another object."""
+    return name.startswith(CHECKSUM_PREFIX) or name == LAYOUT_XATTR
 
 
 def bucket_name_bytes(bucket: str) -> bytes:

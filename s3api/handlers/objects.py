@@ -277,7 +277,10 @@ async def _put_directory(req, bucket, kp, verifier, xattrs, mtime_ns) -> Respons
                 raise S3Error("ObjectParentIsFile", "A file of that name exists.", Key=req.key) from None
             if inode.flags & FLAG_IMPLICIT_DIR:  # the marker makes it explicit: it now stays
                 inode = await fs.set_flags(ctx, inode.ino, inode.flags & ~FLAG_IMPLICIT_DIR)
-        await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
+        # A PUT makes a new object: without x-amz-meta-mtime it is modified now, also when the
+        # directory was there before.
+        now = mtime_ns if mtime_ns is not None else time.time_ns()
+        await fs.replace_xattrs(ctx, inode.ino, mapping.XATTR_PREFIX, xattrs, now)
     except BaseException:
         with trio.CancelScope(shield=True):
             if created:
@@ -308,9 +311,10 @@ async def get_object(req, head: bool) -> Response:
     status = 200
     first, length = 0, size
     if span is not None:
-        status = 206
         first, length = span[0], span[1] - span[0] + 1
-        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+        if length:  # (an empty part has no byte range to name: an empty 200)
+            status = 206
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
     elif req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
         for algorithm, b64 in valid_checksums(meta, inode).items():
             headers[checksums.header_name(algorithm)] = b64
@@ -330,8 +334,9 @@ async def get_object(req, head: bool) -> Response:
 
 
 async def _part_span(fs: FileSystem, inode: Inode, value: str, headers: dict[str, str]) -> tuple[int, int] | None:
-    """GET/HEAD ?partNumber=N: the part's byte range (None: the whole object, part 1 of an
-    object not uploaded in parts); sets x-amz-mp-parts-count."""
+    """GET/HEAD ?partNumber=N: the part's byte range, (first, first - 1) for an empty part
+    (None: the whole object, part 1 of an object not uploaded in parts); sets
+    x-amz-mp-parts-count."""
     if not value.isdigit() or not 1 <= int(value) <= 10000:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
                       ArgumentName="partNumber", ArgumentValue=value)
@@ -344,7 +349,7 @@ async def _part_span(fs: FileSystem, inode: Inode, value: str, headers: dict[str
                       ActualPartCount=str(len(layout.sizes) if layout else 1))
     headers["x-amz-mp-parts-count"] = str(len(layout.sizes))
     first, size = part
-    return (first, first + size - 1) if size else None
+    return first, first + size - 1
 
 
 # ------------------------------------------------------------------------ DeleteObject(s)
@@ -445,7 +450,7 @@ async def copy_object(req) -> Response:
             mtime_ns = time.time_ns()
     else:
         xattrs = {name: value for name, value in src_meta.items()
-                  if not name.startswith(mapping.CHECKSUM_PREFIX)}
+                  if not mapping.describes_content(name)}
         mtime_ns = src.mtime_ns
 
     same = src_bucket.ino == bucket.ino and src_kp == kp
@@ -455,7 +460,7 @@ async def copy_object(req) -> Response:
                           "copy an object to itself without changing the object's metadata, "
                           "storage class, website redirect location or encryption attributes.")
         for name, value in src_meta.items():
-            if name.startswith(mapping.CHECKSUM_PREFIX):
+            if mapping.describes_content(name):
                 xattrs[name] = value
         await fs.replace_xattrs(ctx, src.ino, mapping.XATTR_PREFIX, xattrs, mtime_ns)
         return xml(xmlio.render_copy_object(src_etag, ns_datetime(mtime_ns)))
