@@ -305,9 +305,12 @@ async def get_object(req, head: bool) -> Response:
         keep = ("ETag", "Last-Modified", "Cache-Control", "Expires")
         return empty(304, {name: value for name, value in headers.items() if name in keep})
     size = 0 if inode.is_dir else inode.size
-    span = _parse_range(req.headers.get("range"), size)
     if "partNumber" in req.query:
+        if "range" in req.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter.")
         span = await _part_span(fs, inode, req.query["partNumber"], headers)
+    else:
+        span = _parse_range(req.headers.get("range"), size)
     status = 200
     first, length = 0, size
     if span is not None:

@@ -63,6 +63,9 @@ def test_upload_and_read_back(s3, bucket, sizes):
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="dir/obj.bin", PartNumber=len(parts) + 1)
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
+    with pytest.raises(ClientError) as exc:  # as AWS: not both a Range and a part number
+        s3.get_object(Bucket=bucket, Key="dir/obj.bin", PartNumber=1, Range="bytes=0-0")
+    assert error_code(exc) == "InvalidRequest"
     with pytest.raises(ClientError) as exc:
         s3.list_parts(Bucket=bucket, Key="dir/obj.bin", UploadId=upload_id)
     assert error_code(exc) == "NoSuchUpload"
