@@ -102,11 +102,15 @@ class DirEntry(NamedTuple):
         return tuple.__new__(cls, (ino, dtype << 12, seq))
 
 
+def check_name_length(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+
+
 def check_name(name: bytes) -> bytes:
     if not name or name in (b".", b".."):
         raise InvalidArgument(f"invalid name {name!r}")
-    if len(name) > NAME_MAX:
-        raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+    check_name_length(name)
     if b"/" in name or b"\0" in name:
         raise InvalidArgument(f"invalid name {name!r}")
     return name

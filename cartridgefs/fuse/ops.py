@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ..errors import CartridgeError, NameTooLong, NoAttribute
+from ..errors import CartridgeError, NoAttribute
 from ..fs.filesystem import Change, Ctx, FileSystem, FsView
-from ..fs.items import NAME_MAX, ROOT_INO, Inode
+from ..fs.items import ROOT_INO, Inode, check_name_length
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +346,7 @@ class Operations(pyfuse3.Operations):
         return self._looked_up(await self._lookup(parent_inode, name))
 
     async def _lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
-        if len(name) > NAME_MAX:  # the kernel only refuses names over 1024 bytes for FUSE
-            raise NameTooLong(f"name of {len(name)} bytes exceeds {NAME_MAX}")
+        check_name_length(name)  # the kernel only refuses names over 1024 bytes for FUSE
         if parent_inode <= LOW and name != b"." and name != b".." and not (
                 parent_inode == ROOT_INO and name == SNAPDIR_NAME):
             # A name in the live tree (first: by far the most frequent request).
