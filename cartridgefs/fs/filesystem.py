@@ -105,12 +105,14 @@ def _setgid_inherited(pdir: Inode, mode: int, ctx: Ctx) -> tuple[int, Ctx]:
 
 @dataclass(frozen=True)
 class Change:
-    """Something changed: an inode's attributes/content, and/or a name in a directory."""
+    """Something changed: an inode's attributes/content, and/or a name in a directory
+    (`removed`: the name of inode `ino` was removed)."""
 
     origin: str
     ino: int | None = None
     parent: int | None = None
     name: bytes | None = None
+    removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -492,11 +494,11 @@ class FileSystem:
 
     async def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, False)
-        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name, removed=True))
 
     async def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
         ino = await self._meta(self._remove, ctx, parent, name, True)
-        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name))
+        await self.emit(Change(ctx.origin, ino=ino, parent=parent, name=name, removed=True))
 
     async def rename(self, ctx: Ctx, old_parent: int, old_name: bytes, new_parent: int,
                      new_name: bytes, flags: int = 0) -> None:
@@ -1172,7 +1174,7 @@ class FileSystem:
             return []
         chain[-1] = self._remove_entry(t, chain[-1], name, entry, now)
         self._unlink_inode(t, inode, now)
-        return [Change(origin, ino=inode.ino, parent=chain[-1].ino, name=name),
+        return [Change(origin, ino=inode.ino, parent=chain[-1].ino, name=name, removed=True),
                 *self._prune_implicit(t, origin, chain, parents, now)]
 
     def _dirs_along(self, t: Txn, top: int, names: Sequence[bytes]) -> list[Inode]:
@@ -1198,7 +1200,8 @@ class FileSystem:
             assert entry is not None and entry.ino == inode.ino
             chain[depth - 1] = self._remove_entry(t, chain[depth - 1], name, entry, now)
             self._unlink_inode(t, inode, now)
-            changes.append(Change(origin, ino=inode.ino, parent=chain[depth - 1].ino, name=name))
+            changes.append(Change(origin, ino=inode.ino, parent=chain[depth - 1].ino, name=name,
+                                  removed=True))
         return changes
 
     def _make_implicit(self, t: Txn, inode: Inode, strip_prefix: bytes | None, now: int) -> None:

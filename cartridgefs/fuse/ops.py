@@ -304,11 +304,15 @@ class Operations(pyfuse3.Operations):
         if change.origin == ORIGIN:
             return
         if change.ino is None and change.parent is None:  # anything may have changed
-            stale, entries = list(self._known), self._misses.current()
+            stale = list(self._known)
+            entries = [(parent, name, 0) for parent, name in self._misses.current()]
         else:
             stale = [change.ino] if change.ino in self._known else []
             named = change.parent in self._known and change.name is not None
-            entries = [(change.parent, change.name)] if named else []
+            # A removal tells the kernel the inode lost that name: it then drops the inode once
+            # unused (FORGET), and a removed directory or FIFO kept for it can be freed.
+            gone = change.ino if change.removed and stale else 0
+            entries = [(change.parent, change.name, gone)] if named else []
         if stale or entries:
             await self._tell_kernel(self._invalidate, entries, stale)
 
@@ -322,10 +326,11 @@ class Operations(pyfuse3.Operations):
             except Exception as exc:
                 log.debug("invalidation %s%s failed: %s", invalidate.__name__, args, exc)
 
-    def _invalidate(self, entries: list[tuple[int, bytes]], stale: list[int]) -> None:
-        for parent, name in entries:
+    def _invalidate(self, entries: list[tuple[int, bytes, int]], stale: list[int]) -> None:
+        """Entries: (directory, name, the inode that name lost or 0)."""
+        for parent, name, gone in entries:
             try:
-                pyfuse3.invalidate_entry(parent, name)
+                pyfuse3.invalidate_entry(parent, name, gone)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # the kernel did not have that name cached
                     raise

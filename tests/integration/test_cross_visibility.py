@@ -6,11 +6,15 @@ import hashlib
 import itertools
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+
+from cartridgefs.engine.store import Engine
+from cartridgefs.fs.items import next_prefix
 
 _names = itertools.count()
 
@@ -119,6 +123,37 @@ def test_directories_both_ways(both, bucket):
         both.s3.put_object(Bucket=bucket, Key="marker", Body=b"a file over a directory")
     os.rmdir(both.mnt / bucket / "marker")
     assert sorted(listed(both, bucket)) == ["made-by-mkdir/"]
+
+
+def test_a_directory_removed_over_s3_stays_open_and_is_freed_when_let_go(make_both):
+    """An S3 DELETE of a `dir/` marker removes the empty directory at once; a process that has
+    it open keeps a descriptor the kernel knows is of a removed directory, as after rmdir on a
+    local filesystem. When the descriptor closes the kernel forgets the inode and the cartridge
+    frees it: no orphan is left."""
+    both = make_both()
+    both.s3.create_bucket(Bucket="held")
+    path = both.mnt / "held" / "d"
+    path.mkdir()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        both.s3.delete_object(Bucket="held", Key="d/")
+        assert not path.exists() and "d/" not in listed(both, "held")
+        st = os.fstat(fd)
+        assert stat.S_ISDIR(st.st_mode) and st.st_nlink == 0
+        assert os.listdir(fd) == []
+        with pytest.raises(FileNotFoundError):
+            os.open("new", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+    finally:
+        os.close(fd)
+    both.free_blocks()  # an fsync: commits whatever the kernel's FORGET freed meanwhile
+    both.mount.stop()  # unmounts; exit status 0 and a clean fsck
+    engine = Engine.open(str(both.mount.cart), readonly=True)
+    try:
+        with engine.reader() as state:
+            orphans = list(engine.items(state, "meta", b"orphan", next_prefix(b"orphan")))
+    finally:
+        engine.close()
+    assert orphans == []
 
 
 def test_fsck_is_clean_after_unmount(both):
