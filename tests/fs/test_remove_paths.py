@@ -147,12 +147,12 @@ async def test_every_removed_name_is_announced(fs):
     fs.listeners.append(listener)
     await fs.remove_paths(CTX, top, [removal(k) for k in ("a/b/1", "a/b/2", "nothing", "m/", "a/3")], STRIP)
     assert seen == [
-        Change("test", ino=one, parent=b, name=b"1"),
-        Change("test", ino=two, parent=b, name=b"2"),
-        Change("test", ino=b, parent=a, name=b"b"),  # left empty: removed
+        Change("test", ino=one, parent=b, name=b"1", removed=True),
+        Change("test", ino=two, parent=b, name=b"2", removed=True),
+        Change("test", ino=b, parent=a, name=b"b", removed=True),  # left empty: removed
         Change("test", ino=marker),  # made implicit
-        Change("test", ino=three, parent=a, name=b"3"),
-        Change("test", ino=a, parent=top, name=b"a"),
+        Change("test", ino=three, parent=a, name=b"3", removed=True),
+        Change("test", ino=a, parent=top, name=b"a", removed=True),
     ]
 
 
