@@ -12,6 +12,7 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config
+from hypercorn.trio import run as _run
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server as _tcp_server
 
@@ -36,14 +37,48 @@ _SECRET_SETTING = b"s3.secret_key"
 _tcp_server.MAX_RECV = 1 << 18
 
 
+class _Config(Config):
+    """hypercorn's configuration, plus the streams of the connections open under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: set[trio.abc.Stream] = set()
+
+
+class _TCPServer(_tcp_server.TCPServer):
+    """hypercorn's connection handler, with its stream in `config.streams` while it runs.
+
+    hypercorn shields its socket sends from cancellation (`protocol_send`), so a connection
+    whose client stops reading outlives the grace of a graceful shutdown and keeps the server
+    from ending; only closing its stream makes that send fail. hypercorn offers no hold on its
+    connections, hence this subclass, put in place of its own like `MAX_RECV` above.
+    """
+
+    async def run(self) -> None:
+        streams = self.config.streams
+        streams.add(self.stream)
+        try:
+            await super().run()
+        finally:
+            streams.discard(self.stream)
+
+
+_run.TCPServer = _TCPServer
+
+
 async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret_key: str,
                 region: str = "us-east-1", domain: str | None = None,
                 body_timeout: float = BODY_TIMEOUT, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve `fs` over S3 until cancelled; `task_status.started(port)` with the bound port
-    (port 0 binds an ephemeral one)."""
+    (port 0 binds an ephemeral one).
+
+    Cancelling it shuts the server down gracefully, which takes up to `graceful_timeout`
+    seconds: new connections are refused, requests in flight may finish within that grace,
+    and then the connections still open are closed.
+    """
     app = create_app(fs, Settings({access_key: secret_key}, region=region, domain=domain,
                                   body_timeout=body_timeout))
-    config = Config()
+    config = _Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -53,9 +88,39 @@ async def serve(fs: FileSystem, host: str, port: int, *, access_key: str, secret
     # Body messages hypercorn queues for a request before it stops reading the socket: its
     # default of 10 is 2.5 MiB per upload at 256 KiB reads; 2 keeps it at 512 KiB.
     config.max_app_queue_size = 2
+    # Both run() and the mount stop the server by cancelling serve(). Cancellation reaching
+    # hypercorn would cut requests off at once, so hypercorn runs shielded from it and is
+    # stopped through its own graceful shutdown instead, started by `shutdown`.
+    shutdown = trio.Event()
+    stopped = trio.Event()
+
+    async def run_hypercorn(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait,
+                                      task_status=task_status)
+            finally:
+                stopped.set()
+
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn_serve, app, config))
+        binds = await nursery.start(run_hypercorn)
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
+        try:
+            await trio.sleep_forever()
+        finally:
+            shutdown.set()
+            with trio.CancelScope(shield=True):
+                # After graceful_timeout hypercorn cancels the requests still running, but a
+                # send blocked on a client that reads nothing ignores that (see _TCPServer):
+                # closing the streams fails such sends, and every connection then ends.
+                with trio.move_on_after(config.graceful_timeout):
+                    await stopped.wait()
+                if config.streams:
+                    log.warning("closing %d connection(s) still open %g s after shutdown began",
+                                len(config.streams), config.graceful_timeout)
+                for stream in list(config.streams):
+                    await trio.aclose_forcefully(stream)
 
 
 async def credentials(fs: FileSystem, access_key: str | None, secret_key: str | None) -> tuple[str, str, bool]:

@@ -9,7 +9,8 @@ import os
 import re
 import subprocess
 import sys
-import time
+import threading
+from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ ACCESS_KEY = "AKIDCARTRIDGES3TEST"
 SECRET_KEY = "s3cr3t/K7MDENG+bPxRfiCYEXAMPLEKEY"
 BIN = Path(sys.executable).parent
 _names = itertools.count()
+OUTPUT_LINES = 2000  # of a server's output, kept for failure messages
 
 
 class Server:
@@ -35,33 +37,52 @@ class Server:
         self.proc = subprocess.Popen(
             [str(BIN / "cartridge-s3-server"), "--cartridge-path", str(cart), "--blocks",
              str(blocks), "-P", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        port = None
-        deadline = time.monotonic() + 30
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-            if match:
-                port = int(match[1])
-                break
-        if port is None:
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            errors="replace")  # no decoding error may stop the reader below
+        # The server's last lines of output, for failure messages. The pipe is read to its end
+        # by a thread: a server whose output nobody reads blocks once the pipe (64 KiB) is full.
+        self.output: deque[str] = deque(maxlen=OUTPUT_LINES)
+        self.port: int | None = None
+        self._listening = threading.Event()  # set once the port is known, or at end of output
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(30) or self.port is None:
             self.proc.kill()
-            pytest.fail("server did not start:\n" + "".join(lines))
-        self.port = port
-        self.endpoint = f"http://127.0.0.1:{port}"
+            self.proc.wait(10)
+            self._reader.join(10)
+            pytest.fail("server did not start:\n" + self.log())
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _read_output(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if self.port is None:
+                match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                if match:
+                    self.port = int(match[1])
+                    self._listening.set()
+        self._listening.set()
+
+    def log(self) -> str:
+        """The server's last lines of output."""
+        return "".join(self.output)
 
     def stop(self) -> None:
+        """SIGTERM; the server must exit with status 0."""
         self.proc.terminate()
+        self.wait(20)
+
+    def wait(self, timeout: float) -> None:
+        """Wait for the server to exit, with status 0, within `timeout` seconds."""
         try:
-            self.proc.wait(20)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            pytest.fail("server did not stop on SIGTERM")
-        assert self.proc.returncode == 0, self.proc.stdout.read()
+            self.proc.wait(10)
+            self._reader.join(10)
+            pytest.fail(f"server did not exit within {timeout:g} s:\n" + self.log())
+        self._reader.join(10)  # the output's end, for the message below
+        assert self.proc.returncode == 0, self.log()
 
     def client(self, host: str | None = None, **config):
         """boto3 for this server (reached as `host`, by default 127.0.0.1), no retries."""
