@@ -21,6 +21,7 @@ from cartridgefs.engine.store import Engine
 from cartridgefs.errors import CartridgeError, InvalidArgument
 from cartridgefs.fs.filesystem import FileSystem, keep_loop_responsive, tune_gc
 from cartridgefs.logs import setup_logging
+from cartridgefs.signals import shutdown_signals
 from s3api.app import BODY_TIMEOUT, Settings, create_app
 
 log = logging.getLogger(__name__)
@@ -148,27 +149,27 @@ async def run(engine: Engine, host: str, port: int, *, access_key: str | None = 
     """Serve an open engine until SIGINT/SIGTERM, committing periodically; closes the engine."""
     keep_loop_responsive()
     fs = FileSystem(engine)
-    try:
-        access, secret, show = await credentials(fs, access_key, secret_key)
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(
-                serve, fs, host, port, access_key=access, secret_key=secret, region=region,
-                domain=domain, body_timeout=body_timeout))
-            shown_host = f"[{host}]" if ":" in host else host
-            print(f"cartridge S3 endpoint listening on http://{shown_host}:{bound}", flush=True)
-            if show:
-                print(f"access key: {access}\nsecret key: {secret}", flush=True)
-            nursery.start_soon(fs.commit_periodically)
-            nursery.start_soon(control.serve, fs, engine.dev.path)
-            tune_gc()
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with shutdown_signals(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            access, secret, show = await credentials(fs, access_key, secret_key)
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(partial(
+                    serve, fs, host, port, access_key=access, secret_key=secret, region=region,
+                    domain=domain, body_timeout=body_timeout))
+                shown_host = f"[{host}]" if ":" in host else host
+                print(f"cartridge S3 endpoint listening on http://{shown_host}:{bound}", flush=True)
+                if show:
+                    print(f"access key: {access}\nsecret key: {secret}", flush=True)
+                nursery.start_soon(fs.commit_periodically)
+                nursery.start_soon(control.serve, fs, engine.dev.path)
+                tune_gc()
                 async for signum in signals:
                     log.info("signal %d: shutting down", signum)
                     break
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await fs.close()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await fs.close()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from ..fs.filesystem import CPUS, FileSystem, keep_loop_responsive, tune_gc
+from ..signals import shutdown_signals
 from .ops import AttrPolicy, Operations
 
 log = logging.getLogger(__name__)
@@ -216,36 +217,36 @@ async def serve(
     except BaseException:
         await fs.close()
         raise
-    try:
-        async with trio.open_nursery() as nursery:
-            async def on_signal() -> None:
-                nonlocal signalled
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                    async for signum in sigs:
+    with shutdown_signals(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                async def on_signal() -> None:
+                    nonlocal signalled
+                    async for signum in signals:
                         log.info("signal %d: unmounting", signum)
                         signalled = True
                         pyfuse3.terminate()
                         return
 
-            nursery.start_soon(on_signal)
-            nursery.start_soon(fs.commit_periodically)
-            nursery.start_soon(_set_read_ahead, ops, os.path.abspath(mountpoint))
-            for task in extra or ():
-                nursery.start_soon(task)
-            if on_ready is not None:
-                on_ready()
-            tune_gc()
-            pyfuse3.trio = _FuseLoop(lambda: _threads_busy(fs)).trio()
-            try:
-                await pyfuse3.main()
-            finally:
-                pyfuse3.trio = trio
-            unmount = signalled
-            nursery.cancel_scope.cancel()
-    finally:
-        try:
-            with trio.CancelScope(shield=True):
-                await fs.close()
+                nursery.start_soon(on_signal)
+                nursery.start_soon(fs.commit_periodically)
+                nursery.start_soon(_set_read_ahead, ops, os.path.abspath(mountpoint))
+                for task in extra or ():
+                    nursery.start_soon(task)
+                if on_ready is not None:
+                    on_ready()
+                tune_gc()
+                pyfuse3.trio = _FuseLoop(lambda: _threads_busy(fs)).trio()
+                try:
+                    await pyfuse3.main()
+                finally:
+                    pyfuse3.trio = trio
+                unmount = signalled
+                nursery.cancel_scope.cancel()
         finally:
-            pyfuse3.close(unmount=unmount)
+            try:
+                with trio.CancelScope(shield=True):
+                    await fs.close()
+            finally:
+                pyfuse3.close(unmount=unmount)
 
