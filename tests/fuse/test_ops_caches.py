@@ -45,7 +45,10 @@ def invalidated(monkeypatch) -> list[tuple]:
         calls.append(args)
         raise OSError(errno.ENOENT, "not cached")
 
-    monkeypatch.setattr(pyfuse3, "invalidate_entry", lambda *a: record("entry", *a))
+    def entry(parent: int, name: bytes, deleted: int = 0) -> None:
+        record(*(("deleted", parent, name, deleted) if deleted else ("entry", parent, name)))
+
+    monkeypatch.setattr(pyfuse3, "invalidate_entry", entry)
     monkeypatch.setattr(pyfuse3, "invalidate_inode", lambda *a: record("inode", *a))
     return calls
 
@@ -70,6 +73,22 @@ async def test_a_name_created_elsewhere_drops_the_negative_entry(fs, invalidated
     await fs.create(S3, d.ino, b"key")  # e.g. a PutObject: the kernel must forget the miss
     assert ("entry", d.ino, b"key") in invalidated
     assert (await ops.lookup(d.ino, b"key", REQUEST)).st_ino != 0
+
+
+async def test_a_removal_elsewhere_is_a_deletion_for_the_kernel(fs, invalidated):
+    """So that the kernel drops the inode once unused (FORGET), and the cartridge can free it."""
+    ops = Operations(fs)
+    d = await fs.mkdir(S3, ROOT_INO, b"bucket")
+    sub = await fs.mkdir(S3, d.ino, b"sub")
+    await ops.lookup(ROOT_INO, b"bucket", REQUEST)
+    await ops.lookup(d.ino, b"sub", REQUEST)
+    invalidated.clear()
+    await fs.rmdir(S3, d.ino, b"sub")
+    assert ("deleted", d.ino, b"sub", sub.ino) in invalidated
+    assert (await fs.getattr(sub.ino)).nlink == 0  # kept: the kernel still holds it
+    await ops.forget([(sub.ino, 1)])
+    with pytest.raises(NotFound):
+        await fs.getattr(sub.ino)
 
 
 async def test_a_restore_drops_every_negative_entry(fs, invalidated):
