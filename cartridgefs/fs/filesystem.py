@@ -208,6 +208,7 @@ class FileSystem:
         # Who else may still use an inode by number after its last name is gone (the kernel, for
         # a mount): such a nameless inode stays, as an orphan, until `let_go` (see _in_use).
         self.holders: list[Callable[[int], bool]] = []
+        self._kept_for_holders: set[int] = set()  # such orphans made by this process (let_go)
         self._open: dict[int, _Open] = {}
         self._limiter = trio.CapacityLimiter(WORKER_THREADS)
         self._committing: trio.Event | None = None  # set when the running durable() commit ends
@@ -452,7 +453,15 @@ class FileSystem:
         over S3 may be much later."""
         if inode.ino in self._open:
             return True
-        return not inode.is_reg and any(held(inode.ino) for held in self.holders)
+        if inode.is_reg or not self.holders:
+            return False
+        # Noted before the holders are asked (this may run in a worker thread): a holder that
+        # lets go meanwhile then finds it in let_go.
+        self._kept_for_holders.add(inode.ino)
+        if any(held(inode.ino) for held in self.holders):
+            return True
+        self._kept_for_holders.discard(inode.ino)
+        return False
 
     def _abort_uploads(self, t: Txn, directory: Inode) -> None:
         """A removed bucket takes its unfinished multipart uploads with it, as DeleteBucket does
@@ -686,13 +695,14 @@ class FileSystem:
                     self._open.pop(ino, None)
         finally:
             if st.count <= 0:
-                await self.let_go(ino)
+                await self._meta(self._drop_if_orphan, ino)
 
     async def let_go(self, ino: int) -> None:
-        """A holder (or the last open handle) let go of `ino`: free it if it is a nameless inode
-        nobody uses any more. Always a transaction (~16 µs), never a read first: a removal
-        running in a worker thread may have found `ino` held and not be visible yet."""
-        await self._meta(self._drop_if_orphan, ino)
+        """A holder let go of `ino`: free it if it was kept for a holder and nobody uses it any
+        more. (A transaction costs ~16 µs: not run for the many inodes the kernel forgets that
+        still have names, e.g. after each unlink.)"""
+        if ino in self._kept_for_holders:
+            await self._meta(self._drop_if_orphan, ino)
 
     def _drop_if_orphan(self, ino: int) -> None:
         with self.engine.txn() as t:
@@ -701,6 +711,7 @@ class FileSystem:
             if (inode is not None and inode.nlink == 0 and not self._in_use(inode)
                     and t.delete("meta", orphan_key(ino))):
                 self._drop(t, inode)
+                self._kept_for_holders.discard(ino)
 
     async def read(self, ino: int, offset: int, size: int, streaming: bool = False) -> bytes:
         """File bytes; `streaming` for a reader going through the file once (not cached)."""
