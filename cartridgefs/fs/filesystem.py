@@ -446,14 +446,16 @@ class FileSystem:
             self._drop(t, inode)
 
     def _in_use(self, inode: Inode) -> bool:
-        """Whether a nameless inode must stay: open here, or, when not a regular file, still
-        known to a holder (an open directory, FIFO or socket, a removed working directory).
-        A regular file is only used through open handles; keeping it while the kernel merely
-        caches it would hold its space until the kernel evicts it, which for a name removed
-        over S3 may be much later."""
+        """Whether a nameless inode must stay: open here, or, for a directory, FIFO, socket or
+        device (used without an open that reaches us: a working directory, an open FIFO), still
+        known to a holder. A regular file is only used through open handles; keeping it while
+        the kernel merely caches it would hold its space until the kernel evicts it, which for
+        a name removed over S3 may be much later. Symlinks are not kept either: only an
+        O_PATH descriptor can hold one, as for a regular file, and keeping each removed one
+        until the kernel's FORGET costs a second transaction (`rm -r` of symlinks)."""
         if inode.ino in self._open:
             return True
-        if inode.is_reg or not self.holders:
+        if inode.is_reg or inode.is_link or not self.holders:
             return False
         # Noted before the holders are asked (this may run in a worker thread): a holder that
         # lets go meanwhile then finds it in let_go.
