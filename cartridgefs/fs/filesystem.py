@@ -713,7 +713,6 @@ class FileSystem:
             if (inode is not None and inode.nlink == 0 and not self._in_use(inode)
                     and t.delete("meta", orphan_key(ino))):
                 self._drop(t, inode)
-                self._kept_for_holders.discard(ino)
 
     async def read(self, ino: int, offset: int, size: int, streaming: bool = False) -> bytes:
         """File bytes; `streaming` for a reader going through the file once (not cached)."""
