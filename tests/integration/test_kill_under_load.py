@@ -92,6 +92,10 @@ class Writers:
                 self.errors.append(exc)
         except BotoCoreError:
             return
+        except KeyError:
+            # botocore takes a 200 whose body the kill cut short as an empty answer (it does not
+            # check Content-Length), so s3transfer finds no UploadId in it.
+            return
 
 
 @pytest.mark.slow
