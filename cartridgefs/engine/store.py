@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from ..errors import (
@@ -105,6 +105,9 @@ class Engine:
         self._readers: Counter[int] = Counter()
         self._released_lock = threading.Lock()
         self._released: list[tuple[int, int]] = []  # see drop_released_pages
+        # Called with each published transaction and the state it started from, under the
+        # writer lock, once `state` is the new one; they must not raise (see _publish).
+        self.on_publish: list[Callable[[Txn, State], None]] = []
         self.durable_gen = gen
         self.epoch = payload.epoch
         self.damaged: str | None = None
@@ -424,6 +427,11 @@ class Engine:
         for ptr in t.freed:
             self.alloc.free(ptr.block, ptr.nblocks, t.state.gen)
         self.state = t.result()
+        for hook in self.on_publish:
+            try:
+                hook(t, t.state)
+            except Exception:  # the transaction is published: its caller must not see a failure
+                log.exception("a publish hook failed")
 
     def reader(self, snapshot: str | None = None) -> _Reading:
         """A consistent read-only view (`with engine.reader() as state:`); blocks it can see are

@@ -64,6 +64,11 @@ class Txn:
         self.data_stored = self.state.data_stored
         self.flags = self.state.flags
         self._tree = "fs"
+        # What the layers above changed, per tree: the last value put under each key (None:
+        # deleted), and the trees whose root was replaced whole. Read by `Engine.on_publish`
+        # hooks (the filesystem's decoded-items memo follows the changes instead of starting over).
+        self.changes: dict[str, dict[bytes, Value | None]] = {}
+        self.replaced: set[str] = set()
 
     # --- what the layers above use ---
 
@@ -82,6 +87,7 @@ class Txn:
             self.spilled.append(ptr)
             value = Ref(ptr)
         self._in(tree, lambda: self._set_root(tree, *btree.put(self, self.roots[tree], key, value)))
+        self._changed(tree)[key] = value
 
     def delete(self, tree: str, key: bytes) -> bool:
         removed = []
@@ -89,6 +95,7 @@ class Txn:
             tree,
             lambda: removed.append(self._set_root(tree, *btree.delete(self, self.roots[tree], key))),
         )
+        self._changed(tree)[key] = None
         return removed[0] is not None
 
     def alloc_inode(self) -> int:
@@ -99,6 +106,7 @@ class Txn:
     def set_root(self, tree: str, root: Child | None) -> None:
         """Point `tree` at another stored root (snapshot restore); counts are the caller's job."""
         self.roots[tree] = root
+        self.replaced.add(tree)
         self.ops += 1
 
     # --- hooks called by the trees ---
@@ -166,6 +174,12 @@ class Txn:
         self._in("rc", change)
 
     # --- helpers ---
+
+    def _changed(self, tree: str) -> dict[bytes, Value | None]:
+        changed = self.changes.get(tree)
+        if changed is None:
+            changed = self.changes[tree] = {}
+        return changed
 
     def _in(self, tree: str, change) -> None:
         """Run `change` with `tree` as the tree whose pages are being shadowed."""

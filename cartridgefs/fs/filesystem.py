@@ -204,6 +204,7 @@ class FileSystem:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        engine.on_publish.append(FsView.follow(engine))
         self.listeners: list[Callable[[Change], Awaitable[None]]] = []
         # Who else may still use an inode by number after its last name is gone (the kernel, for
         # a mount): such a nameless inode stays, as an orphan, until `let_go` (see _in_use).
@@ -1304,78 +1305,97 @@ class FsView:
         """The inode as the user sees it (live tree: bytes written but not stored yet count)."""
         return inode if self.snapshot else self.fs._with_open_state(inode)
 
-    # Inodes and entries decoded from the tree version read last, shared by every view (a
-    # version is known by its root, so views of other versions just replace it).
-    _decoded = Decoded(None)
+    # One memo of decoded items (see Decoded), shared by every view: of the live tree's current
+    # version while transactions change it (`follow`), else of the version read last. A reader
+    # of an older version or of a snapshot does not take it from the live tree's.
+    _decoded = Decoded()
 
-    def _memo(self, state: State) -> Decoded:
+    def _memo(self, state: State) -> object:
+        """The root of `state`'s version of the tree, once the memo keeps items of that version
+        if it may."""
         root = state.roots.get("fs")
         memo = FsView._decoded
         if memo.root is not root:
-            memo = FsView._decoded = Decoded(root)
-        return memo
+            live = self.fs.engine.state.roots.get("fs")
+            if root is live or memo.root is not live:
+                memo.start(root)
+        return root
 
-    def _live_memo(self) -> Decoded | None:
-        """The memo when it holds items of the live tree's current version, found without
-        pinning a reader: an answer made only of items kept there reads nothing from the tree,
-        so it needs no reader (a reader costs about as much as the rest of such an answer).
-        None for a snapshot view, a view holding a state, or when the memo is of another version."""
+    @staticmethod
+    def follow(engine: Engine) -> Callable[[Txn, State], None]:
+        """The `Engine.on_publish` hook that takes the memo from the live tree's version to the
+        one each transaction makes (hooks run one at a time, under the writer lock)."""
+        def carry(t: Txn, before: State) -> None:
+            old, new = before.roots.get("fs"), engine.state.roots.get("fs")
+            if new is old:
+                return
+            memo = FsView._decoded
+            if "fs" in t.replaced:  # a snapshot restored: nothing is known of the new version
+                memo.start(new)
+                return
+            try:
+                memo.follow(old, new, t.changes.get("fs", {}))
+            except BaseException:
+                memo.start(new)  # never a memo half taken to the new version
+                raise
+        return carry
+
+    def _live_root(self) -> object | None:
+        """The live tree's current version, for answers made only of items the memo keeps: they
+        read nothing from the tree, so they need no reader (a reader costs about as much as the
+        rest of such an answer). None for a snapshot view or a view holding a state."""
         if self.snapshot is not None or self._held is not None:
             return None
-        memo = FsView._decoded
-        return memo if memo.root is self.fs.engine.state.roots.get("fs") else None
+        return self.fs.engine.state.roots.get("fs")
 
-    def _inode(self, state: State, ino: int, memo: Decoded | None = None) -> Inode:
-        memo = memo or self._memo(state)
-        inode = memo.inodes.get(ino, memo)  # (the memo itself: not looked up yet)
-        if inode is memo:
-            inode = memo.keep_inode(ino, self.fs._inode_or_none(state, ino))
+    def _inode(self, state: State, root: object, ino: int) -> Inode:
+        memo = FsView._decoded
+        inode = memo.inode(root, ino)
+        if inode is memo:  # (not kept)
+            inode = memo.keep_inode(root, ino, self.fs._inode_or_none(state, ino))
         if inode is None:
             raise NotFound(f"inode {ino} does not exist")
         return inode
 
-    def _dir(self, state: State, ino: int, memo: Decoded | None = None) -> Inode:
-        inode = self._inode(state, ino, memo)
+    def _dir(self, state: State, root: object, ino: int) -> Inode:
+        inode = self._inode(state, root, ino)
         if not inode.is_dir:
             raise NotADirectory(f"inode {ino} is not a directory")
         return inode
 
-    def _entry(self, state: State, parent: int, name: bytes,
-               memo: Decoded | None = None) -> DirEntry | None:
-        memo = memo or self._memo(state)
-        entry = memo.entries.get((parent, name), memo)
+    def _entry(self, state: State, root: object, parent: int, name: bytes) -> DirEntry | None:
+        memo = FsView._decoded
+        entry = memo.entry(root, parent, name)
         if entry is memo:
-            entry = memo.keep_entry(parent, name, self.fs._entry(state, parent, name))
+            entry = memo.keep_entry(root, parent, name, self.fs._entry(state, parent, name))
         return entry
 
     def getattr(self, ino: int) -> Inode:
-        memo = self._live_memo()
-        inode = memo.inodes.get(ino) if memo is not None else None
-        if inode is None:
+        root = self._live_root()
+        inode = FsView._decoded.inode(root, ino) if root is not None else None
+        if not isinstance(inode, Inode):
             with self._state() as state:
-                inode = self._inode(state, ino)
+                inode = self._inode(state, self._memo(state), ino)
         return self._seen(inode)
 
     def find(self, parent: int, name: bytes) -> Inode | None:
         """The inode named `name` in directory `parent`; None when the directory has no such name
         (NotFound or NotADirectory when `parent` itself is missing or not a directory)."""
-        memo = self._live_memo()
-        if memo is not None:  # answered from the memo when both items are there
-            entry = memo.entries.get((parent, name), memo)
-            if entry is not memo:
-                found = memo.inodes.get(parent if entry is None else entry.ino)
-                if found is not None:
-                    if entry is not None:
-                        return self._seen(found)
-                    if found.is_dir:
-                        return None
+        root = self._live_root()
+        if root is not None:  # answered from the memo when both items are there
+            entry, found = FsView._decoded.found(root, parent, name)
+            if found is not None:  # (None too when the entry is not kept)
+                if entry is not None:
+                    return self._seen(found)
+                if found.is_dir:
+                    return None
         with self._state() as state:
-            memo = self._memo(state)
-            entry = self._entry(state, parent, name, memo)
+            root = self._memo(state)
+            entry = self._entry(state, root, parent, name)
             if entry is None:
-                self._dir(state, parent, memo)  # only a directory has entries: checked on a miss
+                self._dir(state, root, parent)  # only a directory has entries: checked on a miss
                 return None
-            inode = self._inode(state, entry.ino, memo)
+            inode = self._inode(state, root, entry.ino)
         return self._seen(inode)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
@@ -1389,21 +1409,19 @@ class FsView:
         in one reader pass, so a caller takes just what it can use. The reader stays pinned
         until the iterator is exhausted or closed: close it at once."""
         with self._state() as state:
-            memo = self._memo(state)
-            self._dir(state, ino, memo)
+            root = self._memo(state)
+            self._dir(state, root, ino)
             start = dirseq_key(ino, after + 1)
-            kept_entries, kept_inodes = memo.entries, memo.inodes
             opened = None if self.snapshot else self.fs._open  # see _seen
+            memo = FsView._decoded
             for key, name in self.fs.engine.items(state, "fs", start, next_prefix(start[:9])):
-                # (the memo lookups of _entry and _inode inline: this runs for every entry)
-                entry = kept_entries.get((ino, name), memo)
+                entry, inode = memo.found(root, ino, name)  # (both at once: this runs for every entry)
                 if entry is memo:
-                    entry = self._entry(state, ino, name, memo)
+                    entry = self._entry(state, root, ino, name)
                 if entry is None:
                     continue
-                inode = kept_inodes.get(entry.ino)
                 if inode is None:
-                    inode = self._inode(state, entry.ino, memo)
+                    inode = self._inode(state, root, entry.ino)
                 if opened and inode.ino in opened:
                     inode = self._seen(inode)
                 yield name, inode, int.from_bytes(key[9:], "big")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import struct
+import threading
 from typing import NamedTuple
 
 from ..errors import InvalidArgument, NameTooLong
@@ -23,6 +24,8 @@ _INODE = struct.Struct("<IIIIQqqqqQIQQQ16sQ")
 _DIRENT = struct.Struct("<QBQ")
 _EXTENT = struct.Struct("<II")  # skip into the extent, length covered
 
+
+_MEMO_LOCK = threading.Lock()  # see Decoded
 
 _NO_ETAG = 0xFFFFFFFFFFFFFFFF  # etag_version as stored when there is none (-1 in an Inode)
 _ETAG_VERSION = 13  # position of etag_version in the stored fields (after ino: 14)
@@ -175,28 +178,101 @@ def orphan_key(ino: int) -> bytes:
 
 class Decoded:
     """Inodes and directory entries decoded from one version of the `fs` tree, for reads that
-    come back to them (a listing after a stat of every file, `ls -l` after `find`).
+    come back to them (a stat after a create, a listing after a stat of every file, `ls -l`
+    after `find`).
 
     A version is known by its root page object: published pages never change (a transaction
     copies the pages it changes, so every change of the tree makes a new root; a commit keeps
     the root object, it only swaps in-memory children for their stored pointers). Misses are
-    kept too (None); at most `limit` items of each kind.
+    kept too (None); at most `limit` items of each kind are kept from reads.
+
+    The memo follows the tree from one version to the next (`follow`): the items a transaction
+    changed get their new values, still encoded (decoded when first read: most never are), and
+    the others stay. Every access names the version it reads and takes one lock, so a reader of
+    another version neither sees nor keeps items (it reads the tree instead).
     """
 
     __slots__ = ("root", "inodes", "entries", "limit")
 
-    def __init__(self, root: object, limit: int = 8192) -> None:
+    def __init__(self, root: object = None, limit: int = 8192) -> None:
         self.root = root
-        self.inodes: dict[int, Inode | None] = {}
-        self.entries: dict[tuple[int, bytes], DirEntry | None] = {}
+        self.inodes: dict[int, Inode | bytes | None] = {}
+        self.entries: dict[tuple[int, bytes], DirEntry | bytes | None] = {}
         self.limit = limit
 
-    def keep_inode(self, ino: int, inode: Inode | None) -> Inode | None:
-        if len(self.inodes) < self.limit:
-            self.inodes[ino] = inode
+    def inode(self, root: object, ino: int) -> Inode | None | Decoded:
+        """The inode kept for version `root` (None: kept as missing), or this memo when none is."""
+        with _MEMO_LOCK:
+            return self._inode(ino) if self.root is root else self
+
+    def entry(self, root: object, parent: int, name: bytes) -> DirEntry | None | Decoded:
+        """The entry kept for version `root` (None: kept as missing), or this memo when none is."""
+        with _MEMO_LOCK:
+            return self._entry(parent, name) if self.root is root else self
+
+    def found(self, root: object, parent: int, name: bytes) -> tuple[DirEntry | None | Decoded, Inode | None]:
+        """The entry as `entry` gives it and, read with it, the inode it names (for an entry
+        kept as missing, the inode of `parent`), None when that inode is not kept."""
+        with _MEMO_LOCK:
+            if self.root is not root:
+                return self, None
+            entry = self._entry(parent, name)
+            if entry is self:
+                return self, None
+            inode = self._inode(parent if entry is None else entry.ino)
+            return entry, None if inode is self else inode
+
+    def _inode(self, ino: int) -> Inode | None | Decoded:
+        inode = self.inodes.get(ino, self)
+        if type(inode) is bytes:
+            inode = self.inodes[ino] = Inode.decode(ino, inode)
         return inode
 
-    def keep_entry(self, parent: int, name: bytes, entry: DirEntry | None) -> DirEntry | None:
-        if len(self.entries) < self.limit:
-            self.entries[parent, name] = entry
+    def _entry(self, parent: int, name: bytes) -> DirEntry | None | Decoded:
+        entry = self.entries.get((parent, name), self)
+        if type(entry) is bytes:
+            entry = self.entries[parent, name] = DirEntry.decode(entry)
         return entry
+
+    def keep_inode(self, root: object, ino: int, inode: Inode | None) -> Inode | None:
+        with _MEMO_LOCK:
+            if self.root is root and len(self.inodes) < self.limit:
+                self.inodes[ino] = inode
+        return inode
+
+    def keep_entry(self, root: object, parent: int, name: bytes, entry: DirEntry | None) -> DirEntry | None:
+        with _MEMO_LOCK:
+            if self.root is root and len(self.entries) < self.limit:
+                self.entries[parent, name] = entry
+        return entry
+
+    def start(self, root: object) -> None:
+        """Keep items of version `root` from now on, none yet."""
+        with _MEMO_LOCK:
+            self.root, self.inodes, self.entries = root, {}, {}
+
+    def follow(self, before: object, after: object, changes: dict[bytes, object]) -> None:
+        """Go from version `before` (if this memo is of it) to version `after`, which `changes`
+        (key: new value, None when deleted) made of it. A full memo starts over with just the
+        changed items."""
+        inodes: dict[int, bytes | None] = {}
+        entries: dict[tuple[int, bytes], bytes | None] = {}
+        for key, value in changes.items():
+            kind = key[8] if len(key) > 8 else None
+            if kind != T_INODE and kind != T_DIRENT:
+                continue
+            if value is not None and type(value) is not bytes:  # (not small: never today)
+                self.start(after)
+                return
+            if kind == T_INODE:
+                inodes[_INO.unpack_from(key)[0]] = value
+            else:
+                entries[_INO.unpack_from(key)[0], key[9:]] = value
+        with _MEMO_LOCK:
+            if self.root is not before:
+                return
+            if len(self.inodes) >= self.limit or len(self.entries) >= self.limit:
+                self.inodes, self.entries = {}, {}
+            self.inodes.update(inodes)
+            self.entries.update(entries)
+            self.root = after

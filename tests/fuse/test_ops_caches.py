@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from types import SimpleNamespace
 
 import pyfuse3
@@ -14,7 +16,7 @@ import pytest
 
 from cartridgefs.engine.store import Engine
 from cartridgefs.errors import NotADirectory, NotFound
-from cartridgefs.fs.filesystem import Change, Ctx, FileSystem
+from cartridgefs.fs.filesystem import Change, Ctx, FileSystem, FsView
 from cartridgefs.fs.items import ROOT_INO, DirEntry, Inode
 from cartridgefs.fuse import ops as ops_module
 from cartridgefs.fuse.ops import TIMEOUT, Operations
@@ -227,10 +229,50 @@ async def test_answers_found_in_the_memo_pin_no_reader(fs, monkeypatch):
     await fs.write(S3, f.ino, 0, b"abc")  # buffered: the same tree, another size
     assert view.find(d.ino, b"f").size == 3 and view.getattr(f.ino).size == 3
     assert readers == []
-    await fs.release(f.ino)  # stored: a new version of the tree, read again
-    assert view.getattr(f.ino).size == 3 and readers
+    await fs.release(f.ino)  # stored: a new version of the tree, which the memo follows
+    assert view.getattr(f.ino).size == 3 and readers == []
     g = await fs.create(S3, d.ino, b"g")
-    assert view.find(d.ino, b"g").ino == g.ino  # the kept miss belonged to an older version
+    assert view.find(d.ino, b"g").ino == g.ino  # the kept miss was replaced by the new entry
+    assert readers == []
+
+
+async def test_the_memo_follows_transactions_and_serves_no_other_version(fs, monkeypatch):
+    view = fs.view()
+    d = await fs.mkdir(S3, ROOT_INO, b"d")
+    a = await fs.create(S3, d.ino, b"a")
+    b = await fs.create(S3, d.ino, b"b")
+    assert view.find(d.ino, b"a").ino == a.ino and view.find(d.ino, b"z") is None
+    readers = []
+    reader = fs.engine.reader
+    monkeypatch.setattr(fs.engine, "reader", lambda *a: readers.append(a) or reader(*a))
+    with view.pinned() as before:  # holds the version before the rename
+        await fs.rename(S3, d.ino, b"a", d.ino, b"b")  # replaces b
+        await fs.setattr(S3, a.ino, mode=0o600)
+        # The live view: the transactions' own items, without reading the tree.
+        readers.clear()
+        assert view.find(d.ino, b"a") is None
+        assert view.find(d.ino, b"b").ino == a.ino and stat.S_IMODE(view.getattr(a.ino).mode) == 0o600
+        assert readers == []
+        with pytest.raises(NotFound):
+            view.getattr(b.ino)
+        # The pinned view: its own version, whatever the memo holds, and nothing kept from it.
+        assert before.find(d.ino, b"a").ino == a.ino and before.find(d.ino, b"b").ino == b.ino
+        assert stat.S_IMODE(before.getattr(a.ino).mode) == 0o644
+        assert [name for name, _, _ in before.entries(d.ino, 0)] == [b"a", b"b"]
+    assert view.find(d.ino, b"b").ino == a.ino and view.find(d.ino, b"a") is None
+    assert [(name, inode.ino) for name, inode, _ in view.entries(d.ino, 0)] == [(b"b", a.ino)]
+
+
+async def test_a_full_memo_starts_over_and_stays_right(fs, monkeypatch):
+    view = fs.view()
+    memo = FsView._decoded
+    monkeypatch.setattr(memo, "limit", 8)
+    d = await fs.mkdir(S3, ROOT_INO, b"d")
+    made = [await fs.create(S3, d.ino, b"f%d" % i) for i in range(30)]
+    assert len(memo.inodes) <= 8 + 2 and len(memo.entries) <= 8 + 1  # one create's items over
+    for i, inode in enumerate(made):
+        assert view.find(d.ino, b"f%d" % i).ino == inode.ino
+    assert len(memo.inodes) <= 8 + 2 and len(memo.entries) <= 8 + 1
 
 
 async def test_a_listing_reply_reuses_attributes_and_shows_buffered_sizes(fs, monkeypatch,
@@ -261,3 +303,40 @@ async def test_a_listing_reply_reuses_attributes_and_shows_buffered_sizes(fs, mo
     await ops.readdir(d.ino, replied[-1][2], None)  # the next reply goes on from there
     assert [name for name, _, _ in replied] == [b"f%d" % i for i in range(5)]
     await fs.release(files[1].ino)
+
+
+async def test_memo_readers_and_writers_in_threads_never_go_back_in_time(fs):
+    """A thread changes a file's mtime, one transaction after the other, while this thread reads
+    it through the live view (never an older value after a newer one) and through pinned views
+    (always their own version's value), whose reads of older versions must not reach the memo."""
+    view = fs.view()
+    d = await fs.mkdir(S3, ROOT_INO, b"d")
+    f = await fs.create(S3, d.ino, b"f")
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        while not stop.is_set() and written[0] < 200_000:
+            written[0] += 1
+            fs._setattr(f.ino, None, None, None, None, None, written[0], None)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            now = view.getattr(f.ino).mtime_ns
+            assert now >= seen
+            seen = view.find(d.ino, b"f").mtime_ns
+            assert seen >= now
+            with view.pinned() as pinned:
+                first = pinned.find(d.ino, b"f").mtime_ns
+                for _ in range(5):
+                    assert pinned.getattr(f.ino).mtime_ns == first
+                    assert [inode.mtime_ns for _, inode, _ in pinned.entries(d.ino, 0)] == [first]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert written[0] > 10  # the writer did run beside the reads
+    assert view.getattr(f.ino).mtime_ns == written[0]
